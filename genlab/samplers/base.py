@@ -20,6 +20,8 @@ class Sampler:
 
     #: the model families this sampler serves
     families: ClassVar[tuple[str, ...]] = ()
+    #: for conditional models: the classes to draw, cycled (None = every class in turn)
+    classes: Optional[list[int]] = None
 
     def check(self, model: GenerativeModel, compatible: Optional[list[str]] = None) -> None:
         """Refuse a model of a family this sampler does not serve, naming the samplers that do."""
@@ -36,6 +38,15 @@ class Sampler:
         if model.num_classes <= 0 or not getattr(model, "conditional", False):
             return None
         return torch.arange(n, device=model.device) % model.num_classes
+
+    def labels_for(self, model: GenerativeModel, n: int) -> Optional[Tensor]:
+        """The labels to draw n samples with: ``classes`` cycled, or every class in turn."""
+        if self.classes is None or not getattr(model, "conditional", False):
+            return self.default_labels(model, n)
+        bad = [c for c in self.classes if not 0 <= c < model.num_classes]
+        if bad:
+            raise ConfigError(f"sampler.classes {bad} out of range 0..{model.num_classes - 1}")
+        return torch.tensor(self.classes, device=model.device).repeat(n // len(self.classes) + 1)[:n]
 
     @torch.no_grad()
     def sample(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None) -> Tensor:

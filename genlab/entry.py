@@ -1,0 +1,75 @@
+"""What the three entry points share: building the trainer and reporting failures."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from genlab.config import build_named, check_config
+from genlab.errors import GenlabError
+from genlab.utils import atomic_write_json
+
+log = logging.getLogger("genlab")
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], output_dir: Path) -> pl.Trainer:
+    """A Lightning Trainer from ``cfg.trainer`` (passed straight through) and ``cfg.logger``."""
+    loggers = build_named(cfg.get("logger"), "logger")
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(container)
+    return pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+    )
+
+
+def finish_loggers(trainer: pl.Trainer) -> None:
+    """Flush W&B so its (offline) run files are complete when the entry point returns."""
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and rank_zero_only.rank == 0:
+        import wandb
+
+        wandb.finish()
+
+
+@rank_zero_only
+def _mark_failed(output_dir: Path, err: BaseException) -> None:
+    atomic_write_json(
+        output_dir / "FAILED.json",
+        {"status": "failed", "error": type(err).__name__, "message": str(err),
+         "traceback": traceback.format_exc()},
+    )
+
+
+def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> Callable[[DictConfig], Any]:
+    """Wrap a plain ``fn(cfg)`` for ``hydra.main``: check the config first; on any error record
+    ``FAILED.json`` in the run directory (so it never looks like a result) and, for genlab's
+    own errors, print one clear line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def run(cfg: DictConfig) -> Any:
+        output_dir = Path(cfg.paths.output_dir)
+        try:
+            check_config(cfg, sections)
+            return fn(cfg)
+        except GenlabError as err:
+            _mark_failed(output_dir, err)
+            log.error("%s", err)
+            print(f"genlab: error: {err}", file=sys.stderr)
+            sys.exit(1)
+        except BaseException as err:
+            _mark_failed(output_dir, err)
+            raise
+
+    return run

@@ -1,0 +1,53 @@
+"""genlab-eval ckpt=PATH: FID and bits/dim of a checkpoint, written to metrics.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.callbacks.run import RunRecorder
+from genlab.checkpoint import load_model, read_checkpoint, saved_config
+from genlab.config import CONF_DIR, build_named, build_sampler, instantiate
+from genlab.entry import build_trainer, entry_point, finish_loggers
+from genlab.errors import ConfigError
+
+log = logging.getLogger("genlab")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    if cfg.split not in ("val", "test"):
+        raise ConfigError(f"split={cfg.split!r}: use split=val or split=test")
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint = read_checkpoint(cfg.ckpt)
+    saved = saved_config(checkpoint, cfg)
+    # Evaluate the data and model exactly as trained; this command picks sampler and metrics.
+    cfg = OmegaConf.merge(cfg, {"dataset": saved.dataset, "model": saved.model})
+    datamodule = instantiate(cfg.dataset, "dataset")
+    datamodule.check()
+    model = load_model(checkpoint, saved)
+    model.sampler = build_sampler(cfg.get("sampler") or saved.get("sampler"), model)
+    callbacks = build_named(cfg.get("callbacks"), "callbacks")
+    for callback in callbacks:
+        if hasattr(callback, "check"):
+            callback.check(datamodule)
+    recorder = RunRecorder(output_dir, OmegaConf.to_container(cfg, resolve=True))
+    trainer = build_trainer(cfg, [*callbacks, recorder], output_dir)
+
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    run(model, datamodule=datamodule)
+    recorder.finish("completed")
+    finish_loggers(trainer)
+    log.info("metrics of %s: %s (in %s)", cfg.ckpt, recorder.final, output_dir / "metrics.json")
+    return recorder.final
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return entry_point(evaluate, ("sampler", "callbacks", "logger", "trainer"))(cfg)
+
+
+if __name__ == "__main__":
+    main()
