@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -27,6 +28,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], output_dir: Pat
     container = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(container)
+    if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     return pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         callbacks=callbacks,

@@ -1,0 +1,140 @@
+"""Every option of every config group composes and instantiates."""
+
+from pathlib import Path
+
+import hydra
+import pytest
+from omegaconf import OmegaConf
+
+from genlab.config import CONF_DIR, build_named, build_sampler, check_config, instantiate
+from genlab.errors import ConfigError
+
+from conftest import compose_cfg
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_options():
+    assert {"digits", "mnist", "fashion_mnist", "cifar10", "image_folder"} <= set(options("dataset"))
+    assert {"vae", "cvae"} <= set(options("model"))
+    assert {"cpu", "gpu", "ddp", "ddp_cpu", "slurm", "auto"} <= set(options("hardware"))
+    assert {"wandb", "tensorboard", "csv", "none"} <= set(options("logger"))
+    for group in ("sampler", "callbacks", "experiment", "paths", "hydra"):
+        assert options(group), group
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_dataset_options_instantiate(name, tmp_path, tiny_folder):
+    overrides = [f"dataset={name}", f"paths.data_dir={tmp_path}"]
+    if name == "image_folder":
+        overrides.append(f"dataset.root={tiny_folder}")
+    cfg = compose_cfg(overrides=overrides, output_dir=tmp_path)
+    datamodule = instantiate(cfg.dataset, "dataset")
+    assert datamodule.image_shape == (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_options_instantiate_with_their_default_sampler(name, tmp_path):
+    cfg = compose_cfg(overrides=[f"model={name}"], output_dir=tmp_path)
+    model = instantiate(cfg.model, "model")
+    sampler = build_sampler(cfg.sampler, model)
+    assert model.family in type(sampler).families
+    assert sampler.sample(model.eval(), 2).shape == (2, *model.image_shape)
+
+
+@pytest.mark.parametrize("name", options("sampler"))
+def test_sampler_options_instantiate(name, tmp_path):
+    cfg = compose_cfg(overrides=[f"sampler={name}"], output_dir=tmp_path)
+    assert type(instantiate(cfg.sampler, "sampler")).families
+
+
+@pytest.mark.parametrize("name", options("hardware"))
+def test_hardware_options_compose(name, tmp_path):
+    cfg = compose_cfg(overrides=[f"hardware={name}"], output_dir=tmp_path)
+    assert cfg.hardware.name == name
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert trainer_kwargs["accelerator"] in ("auto", "cpu", "gpu")
+    if name in ("cpu", "ddp_cpu", "auto"):  # the ones this GPU-less machine can build
+        import pytorch_lightning as pl
+
+        trainer = pl.Trainer(**trainer_kwargs, logger=False, enable_checkpointing=False)
+        assert trainer.num_devices == (2 if name == "ddp_cpu" else 1)
+
+
+def test_slurm_profile_sets_up_submitit_with_one_task_per_gpu(tmp_path):
+    with hydra.initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(
+            "train",
+            overrides=["hardware=slurm", "hardware.nodes=2", "hardware.gpus_per_node=4"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices, cfg.trainer.strategy) == (2, 4, "ddp")
+    assert launcher.signal_delay_s == cfg.hardware.signal_delay_s
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_logger_options_instantiate(name, tmp_path):
+    cfg = compose_cfg(overrides=[f"logger={name}"], output_dir=tmp_path)
+    loggers = build_named(cfg.get("logger"), "logger")
+    assert len(loggers) == (0 if name == "none" else 1)
+
+
+def test_wandb_is_offline_without_credentials(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_cfg(overrides=["logger=wandb"], output_dir=tmp_path)
+    assert cfg.logger.wandb.offline is True
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert compose_cfg(overrides=["logger=wandb"], output_dir=tmp_path).logger.wandb.offline is False
+
+
+@pytest.mark.parametrize("name", options("callbacks"))
+def test_callback_options_instantiate(name, tmp_path):
+    cfg = compose_cfg(overrides=[f"callbacks={name}"], output_dir=tmp_path)
+    callbacks = build_named(cfg.callbacks, "callbacks")
+    assert len(callbacks) == len([v for v in cfg.callbacks.values() if v is not None])
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_options_compose(name, tmp_path):
+    cfg = compose_cfg(overrides=[f"experiment={name}"], output_dir=tmp_path)
+    assert cfg.model._target_ and cfg.dataset._target_
+    assert set(cfg.tags) >= {cfg.dataset.name}
+
+
+@pytest.mark.parametrize("config_name", ["train", "eval", "sample"])
+def test_root_configs_compose_with_hydra_and_paths(config_name, tmp_path):
+    with hydra.initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = hydra.compose(config_name, overrides=["+ckpt=x"] if config_name != "train" else [],
+                            return_hydra_config=True)
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False)
+    assert cfg.paths.log_dir and cfg.paths.cache_dir
+    assert run_dir is None or config_name in run_dir
+
+
+def test_two_runs_in_the_same_second_get_different_directories(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from genlab.config import _RUN_ID; print(_RUN_ID)")
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout for _ in range(2)}
+    assert len(ids) == 2
+
+
+def test_a_missing_required_key_is_named(tmp_path):
+    cfg = compose_cfg(overrides=["dataset=image_folder"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"dataset\.root.*dataset\.root=\.\.\."):
+        check_config(cfg, ("dataset",))
+
+
+def test_an_unknown_group_option_lists_the_available_ones(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match=r"(?s)model/nosuchmodel.*Available options.*vae"):
+        compose_cfg(overrides=["model=nosuchmodel"], output_dir=tmp_path)
