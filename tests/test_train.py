@@ -1,0 +1,136 @@
+"""The VAE end to end through the plain entry-point functions: train, eval, sample, W&B."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genlab.checkpoint import read_checkpoint
+from genlab.evaluate import evaluate
+from genlab.sample import sample
+from genlab.train import train
+
+from conftest import compose_cfg
+
+FAST = [
+    "trainer.max_epochs=3",
+    "trainer.check_val_every_n_epoch=1",
+    "callbacks.fid.num_samples=200",
+    "callbacks.bpd.max_examples=100",
+    "callbacks.samples.n=16",
+]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_cfg(overrides=[*FAST, "logger=wandb"], output_dir=out)
+    objective = train(cfg)
+    return out, objective
+
+
+def test_training_writes_a_complete_run(digits_run):
+    out, objective = digits_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    for key in ("val/bpd", "val/fid_classifier", "test/bpd", "test/fid_classifier", "train/loss"):
+        assert math.isfinite(metrics["final"][key]), key
+    assert objective == metrics["best"]["val/bpd"] <= metrics["final"]["val/bpd"]
+    assert 0 < metrics["final"]["test/bpd"] < 8  # far better than uniform on real digits
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(n.startswith("best-") for n in checkpoints)
+    grids = sorted((out / "samples").glob("*.png"))
+    assert len(grids) == 3
+    assert Image.open(grids[-1]).size[0] >= 4 * 32  # 16 samples upscaled to >= 32 px each
+
+
+def test_training_lowers_the_loss(digits_run, tmp_path):
+    out, _ = digits_run
+    trained = json.loads((out / "metrics.json").read_text())["final"]["val/elbo_bpd"]
+    cfg = compose_cfg(overrides=[*FAST, "trainer.max_epochs=0", "logger=none", "test=false",
+                                 "objective=val/elbo_bpd"], output_dir=tmp_path)
+    from genlab.config import instantiate
+    import pytorch_lightning as pl
+
+    pl.seed_everything(0)
+    datamodule = instantiate(cfg.dataset, "dataset")
+    untrained = pl.Trainer(logger=False, enable_progress_bar=False).validate(
+        instantiate(cfg.model, "model"), datamodule=datamodule, verbose=False)[0]["val/elbo_bpd"]
+    assert trained < untrained - 0.3
+
+
+def test_checkpoint_holds_the_config_and_the_ema_weights(digits_run):
+    out, _ = digits_run
+    ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["genlab"]["config"]["model"]["_target_"] == "genlab.models.vae.VAE"
+    assert ckpt["genlab"]["family"] == "vae"
+    # Lightning's weight averaging stores the EMA weights as the state_dict, the raw ones apart.
+    raw, ema = ckpt["current_model_state"], ckpt["state_dict"]
+    assert raw.keys() == ema.keys()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+
+
+def test_wandb_offline_run_holds_metrics_config_and_images(digits_run):
+    out, _ = digits_run
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    files = runs[0] / "files"
+    summary = json.loads((files / "wandb-summary.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())["final"]
+    assert summary["test/bpd"] == pytest.approx(metrics["test/bpd"])
+    assert summary["val/fid_classifier"] == pytest.approx(metrics["val/fid_classifier"])
+    assert "model" in (files / "config.yaml").read_text()
+    images = list((files / "media" / "images").glob("samples_*.png"))
+    assert len(images) == 3
+
+
+def test_eval_reproduces_the_test_metrics_of_the_checkpoint(digits_run, tmp_path):
+    out, _ = digits_run
+    best = next((out / "checkpoints").glob("best-*.ckpt"))
+    cfg = compose_cfg("eval", overrides=[f"ckpt={best}", "callbacks.fid.num_samples=200",
+                                          "callbacks.bpd.max_examples=100"], output_dir=tmp_path)
+    result = evaluate(cfg)
+    trained = json.loads((out / "metrics.json").read_text())["final"]
+    # Same weights, same seeded chunks: the same numbers as the test stage after training.
+    assert result["test/bpd"] == pytest.approx(trained["test/bpd"], rel=1e-5)
+    assert result["test/fid_classifier"] == pytest.approx(trained["test/fid_classifier"], rel=1e-4)
+    assert json.loads((tmp_path / "metrics.json").read_text())["final"] == result
+
+
+def test_sample_writes_a_grid_and_an_npz(digits_run, tmp_path):
+    out, _ = digits_run
+    cfg = compose_cfg("sample", overrides=[f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "n=10",
+                                            "sampler.temperature=0.8"] if False else
+                      [f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "n=10"], output_dir=tmp_path)
+    sample(cfg)
+    arrays = np.load(tmp_path / "samples.npz")
+    assert arrays["images"].shape == (10, 1, 8, 8) and arrays["images"].dtype == np.uint8
+    assert Image.open(tmp_path / "samples.png").size[0] > 32
+    again = tmp_path / "again"
+    sample(compose_cfg("sample", overrides=[f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "n=10"],
+                       output_dir=again))
+    assert np.array_equal(np.load(again / "samples.npz")["images"], arrays["images"])  # seeded
+
+
+def test_conditional_vae_samples_the_chosen_classes(tmp_path):
+    cfg = compose_cfg(overrides=["model=cvae", *FAST, "trainer.max_epochs=1", "callbacks.fid=null",
+                                 "logger=none"], output_dir=tmp_path / "run")
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg("sample", overrides=[f"ckpt={ckpt}", "n=6", "classes=[3,7]"], output_dir=tmp_path / "s")
+    sample(cfg)
+    assert np.load(tmp_path / "s" / "samples.npz")["labels"].tolist() == [3, 7, 3, 7, 3, 7]
+
+
+def test_training_on_an_image_folder(tiny_folder, tmp_path):
+    cfg = compose_cfg(overrides=["dataset=image_folder", f"dataset.root={tiny_folder}",
+                                 "dataset.image_size=8", "dataset.batch_size=16", *FAST,
+                                 "trainer.max_epochs=1", "logger=csv"], output_dir=tmp_path)
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert math.isfinite(metrics["test/bpd"]) and "test/fid_inception" not in metrics
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
