@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genlab.callbacks.run import RunRecorder
 from genlab.checkpoint import load_model, read_checkpoint, saved_config
-from genlab.config import CONF_DIR, build_named, build_sampler, instantiate
+from genlab.config import CONF_DIR, build_named, build_sampler, check_config, instantiate
 from genlab.entry import build_trainer, entry_point, finish_loggers
 from genlab.errors import ConfigError
 
@@ -24,7 +24,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     checkpoint = read_checkpoint(cfg.ckpt)
     saved = saved_config(checkpoint, cfg)
     # Evaluate the data and model exactly as trained; this command picks sampler and metrics.
-    cfg = OmegaConf.merge(cfg, {"dataset": saved.dataset, "model": saved.model})
+    with open_dict(cfg):
+        cfg.dataset, cfg.model = saved.dataset, saved.model
+    check_config(cfg, ("dataset", "model", "callbacks"))  # they refer to the saved dataset
     datamodule = instantiate(cfg.dataset, "dataset")
     datamodule.check()
     model = load_model(checkpoint, saved)
@@ -46,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> dict[str, float]:
-    return entry_point(evaluate, ("sampler", "callbacks", "logger", "trainer"))(cfg)
+    return entry_point(evaluate, ("sampler", "logger", "trainer"))(cfg)
 
 
 if __name__ == "__main__":

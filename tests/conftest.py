@@ -28,18 +28,14 @@ def compose_cfg(config_name: str = "train", overrides: list[str] = (), output_di
         return compose(config_name, overrides=[*overrides, *extra])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory) -> Path:
-    """One FID cache for the whole session (the digits classifier is trained once)."""
+    """One FID cache for the whole session, shared by the xdist workers (the digits classifier
+    is trained once; its cache writes are atomic)."""
     path = tmp_path_factory.getbasetemp().parent / "genlab-test-cache"
     path.mkdir(exist_ok=True)
+    os.environ["GENLAB_CACHE_DIR"] = str(path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def _env(cache_dir, monkeypatch):
-    monkeypatch.setenv("GENLAB_CACHE_DIR", str(cache_dir))
-    monkeypatch.setenv("WANDB_MODE", "offline")
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +85,14 @@ def tiny_folder(tmp_path) -> Path:
                 img[3:7, 4:8] = 250
             Image.fromarray(img).save(tmp_path / "imgs" / cls / f"{i}.png")
     return tmp_path / "imgs"
+
+
+def pytest_configure(config):
+    # Two xdist workers on a 2-core machine: one thread each, or they thrash (10-40x slower).
+    # Child processes (CLI and DDP tests) inherit the variables.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = "1"
+        torch.set_num_threads(1)
