@@ -25,12 +25,20 @@ class EMA(WeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx % self.every_n_steps == 0
 
-    # Lightning swaps the average in for validation only; the test stage after fit should
-    # measure the same weights.
+    # Lightning swaps the average back at on_validation_epoch_end, before the metric callbacks'
+    # own on_validation_epoch_end (bits/dim, FID, sample grids) has run; swap back only once
+    # every callback has measured. The test stage after fit measures the average too.
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is not None:
+            self._swap_models(pl_module)
+
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
             self._swap_models(pl_module)
 
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
             self._swap_models(pl_module)
