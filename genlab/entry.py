@@ -16,7 +16,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.config import build_named, check_config
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, RunDirectoryInUse
 from genlab.utils import atomic_write_json
 
 log = logging.getLogger("genlab")
@@ -65,14 +65,18 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
         output_dir = Path(cfg.paths.output_dir)
         try:
             check_config(cfg, sections)
-            return fn(cfg)
+            result = fn(cfg)
         except GenlabError as err:
-            _mark_failed(output_dir, err)
+            if not isinstance(err, RunDirectoryInUse):
+                _mark_failed(output_dir, err)
             log.error("%s", err)
             print(f"genlab: error: {err}", file=sys.stderr)
             sys.exit(1)
         except BaseException as err:
             _mark_failed(output_dir, err)
             raise
+        if rank_zero_only.rank == 0:  # a later success supersedes an earlier failure here
+            (output_dir / "FAILED.json").unlink(missing_ok=True)
+        return result
 
     return run

@@ -15,3 +15,7 @@ class DataError(GenlabError):
 
 class CheckpointError(GenlabError):
     """A checkpoint path does not exist or is not a genlab checkpoint."""
+
+
+class RunDirectoryInUse(ConfigError):
+    """The run directory already holds a run; nothing may be written into it."""

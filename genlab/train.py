@@ -10,18 +10,35 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.callbacks.run import RunRecorder
 from genlab.config import CONF_DIR, build_named, build_sampler, instantiate
 from genlab.entry import build_trainer, entry_point, finish_loggers
-from genlab.errors import ConfigError
+from genlab.errors import RunDirectoryInUse
 
 log = logging.getLogger("genlab")
+
+
+def refuse_to_overwrite(output_dir: Path, resuming: bool) -> None:
+    """A finished or running run's results are never overwritten by a new one."""
+    if resuming or rank_zero_only.rank != 0:
+        return
+    checkpoints = output_dir / "checkpoints"
+    found = [p.name for p in (output_dir / "metrics.json", checkpoints) if p.is_file()]
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        found.append("checkpoints/")
+    if found:
+        raise RunDirectoryInUse(
+            f"the run directory {output_dir} already holds a run ({', '.join(found)}); start a "
+            "new one (leave hydra.run.dir to its default) or resume it with ckpt_path=PATH"
+        )
 
 
 def train(cfg: DictConfig) -> Optional[float]:
     """Build everything (each piece checked before any training), fit, test, report."""
     output_dir = Path(cfg.paths.output_dir)
+    refuse_to_overwrite(output_dir, resuming=cfg.get("ckpt_path") is not None)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.dataset, "dataset")
@@ -46,10 +63,12 @@ def train(cfg: DictConfig) -> Optional[float]:
 
     objective = recorder.best.get(cfg.objective)
     if objective is None:
-        raise ConfigError(
-            f"objective={cfg.objective!r} was never logged; logged metrics are "
-            f"{sorted(recorder.final)}. Set objective= to one of them."
-        )
+        # The run is complete, but the metric a sweeper optimises was never measured (e.g. no
+        # validation ran): NaN makes Optuna mark the trial failed rather than crash the sweep.
+        log.warning(
+            "objective=%s was never logged (did a validation run? trainer.check_val_every_n_epoch=%s); "
+            "logged metrics: %s", cfg.objective, cfg.trainer.get("check_val_every_n_epoch"), sorted(recorder.final))
+        return float("nan")
     log.info("objective %s = %.6g (best); run directory %s", cfg.objective, objective, output_dir)
     return objective
 

@@ -140,3 +140,22 @@ def test_training_on_an_image_folder(tiny_folder, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())["final"]
     assert math.isfinite(metrics["test/bpd"]) and math.isfinite(metrics["test/fid_classifier"])
     assert (tmp_path / "csv" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_folder):
+    overrides = [f"experiment={name}", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
+                 "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=1",
+                 "trainer.limit_test_batches=1", "callbacks.bpd.max_examples=32", "logger=none"]
+    if "mnist" in name:
+        overrides += [f"dataset.root={mnist_root}", "dataset.pool=test", "callbacks.fid=null"]
+    elif "cifar10" in name:
+        # The real CIFAR-10 loader cannot download here: the same images from the JPEG copy.
+        overrides += ["dataset=image_folder", f"dataset.root={cifar_folder}", "dataset.num_classes=10",
+                      "callbacks.fid=null"]
+    else:
+        overrides += ["callbacks.fid.num_samples=100"]
+    objective = train(compose_cfg(overrides=overrides, output_dir=tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert objective == metrics["best"]["val/bpd"]
+    assert metrics["status"] == "completed" and math.isfinite(metrics["final"]["test/bpd"])
