@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from genlab.callbacks.run import RunRecorder
 from genlab.config import build_named, check_config
 from genlab.errors import GenlabError, RunDirectoryInUse
 from genlab.utils import atomic_write_json
@@ -22,20 +23,28 @@ from genlab.utils import atomic_write_json
 log = logging.getLogger("genlab")
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], output_dir: Path) -> pl.Trainer:
-    """A Lightning Trainer from ``cfg.trainer`` (passed straight through) and ``cfg.logger``."""
+def build_trainer(cfg: DictConfig, datamodule: Any, output_dir: Path) -> tuple[pl.Trainer, RunRecorder]:
+    """A Lightning Trainer from ``cfg.trainer`` (passed straight through), the callbacks of
+    ``cfg.callbacks`` (each checked against the data before any work) and ``cfg.logger``, plus
+    the run recorder that writes metrics.json."""
+    callbacks = build_named(cfg.get("callbacks"), "callbacks")
+    for callback in callbacks:
+        if hasattr(callback, "check"):
+            callback.check(datamodule)
     loggers = build_named(cfg.get("logger"), "logger")
     container = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(container)
     if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    return pl.Trainer(
+    recorder = RunRecorder(output_dir, container)
+    trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
-        callbacks=callbacks,
+        callbacks=[*callbacks, recorder],
         logger=loggers or False,
         default_root_dir=str(output_dir),
     )
+    return trainer, recorder
 
 
 def finish_loggers(trainer: pl.Trainer) -> None:

@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from genlab.callbacks.run import RunRecorder
 from genlab.checkpoint import load_model, read_checkpoint, saved_config
-from genlab.config import CONF_DIR, build_named, build_sampler, check_config, instantiate
+from genlab.config import CONF_DIR, build_sampler, check_config, instantiate
 from genlab.entry import build_trainer, entry_point, finish_loggers
 from genlab.errors import ConfigError
 
@@ -31,12 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.check()
     model = load_model(checkpoint, saved)
     model.sampler = build_sampler(cfg.get("sampler") or saved.get("sampler"), model)
-    callbacks = build_named(cfg.get("callbacks"), "callbacks")
-    for callback in callbacks:
-        if hasattr(callback, "check"):
-            callback.check(datamodule)
-    recorder = RunRecorder(output_dir, OmegaConf.to_container(cfg, resolve=True))
-    trainer = build_trainer(cfg, [*callbacks, recorder], output_dir)
+    trainer, recorder = build_trainer(cfg, datamodule, output_dir)
 
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(model, datamodule=datamodule)

@@ -8,12 +8,11 @@ from typing import Optional
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from genlab.callbacks.run import RunRecorder
-from genlab.config import CONF_DIR, build_named, build_sampler, instantiate
+from genlab.config import CONF_DIR, build_sampler, instantiate
 from genlab.entry import build_trainer, entry_point, finish_loggers
 from genlab.errors import RunDirectoryInUse
 
@@ -45,12 +44,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     datamodule.check()
     model = instantiate(cfg.model, "model")
     model.sampler = build_sampler(cfg.get("sampler"), model)
-    callbacks = build_named(cfg.get("callbacks"), "callbacks")
-    for callback in callbacks:
-        if hasattr(callback, "check"):
-            callback.check(datamodule)
-    recorder = RunRecorder(output_dir, OmegaConf.to_container(cfg, resolve=True))
-    trainer = build_trainer(cfg, [*callbacks, recorder], output_dir)
+    trainer, recorder = build_trainer(cfg, datamodule, output_dir)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if cfg.get("test"):

@@ -11,7 +11,6 @@ import torch
 
 from genlab.entry import entry_point
 from genlab.evaluate import evaluate
-from genlab.models.base import GenerativeModel
 from genlab.sample import sample
 from genlab.samplers.base import Sampler
 from genlab.train import train
