@@ -129,7 +129,6 @@ class FIDCallback(pl.Callback):
         )
         shape = (int(datamodule.channels), int(datamodule.image_size), int(datamodule.image_size))
         conditional = getattr(model, "conditional", False) and int(getattr(model, "num_classes", 0)) > 0
-        layers = [extractor.fid_layer] + ([extractor.isc_layer] if extractor.isc_layer else [])
 
         def sample_features(lo: int, hi: int) -> Tensor:
             # labels depend only on the positions, so they do not depend on the number of ranks
@@ -142,8 +141,7 @@ class FIDCallback(pl.Callback):
                     f"{type(sampler).__name__} returned {images.dtype} {tuple(images.shape)}; FID "
                     f"needs uint8 images of shape {(hi - lo, *shape)} (the dataset's)."
                 )
-            features = extractor.extract(images)
-            return torch.cat([features[layer] for layer in layers], dim=1)
+            return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS
 
         was_training = model.training
         model.eval()

@@ -91,6 +91,13 @@ class ImageDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         seed: int = 0,
     ) -> None:
+        """The arguments every datamodule takes (subclasses pass them through ``**kwargs``).
+
+        name: the dataset's name. root: its folder (None where it needs none). channels: 1 (grey)
+        or 3 (RGB). image_size: the side of the square images. num_classes: 0 = unlabelled.
+        eval_batch_size: the val/test batch size (default batch_size). val_fraction,
+        test_fraction: shares of the pool held out. seed: seeds the split alone.
+        """
         super().__init__()
         self.name = name
         # Resolved once, here: the working directory may change later (Hydra can chdir).

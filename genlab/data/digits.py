@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from sklearn.datasets import load_digits
@@ -22,25 +22,10 @@ class DigitsDataModule(ImageDataModule):
     native_classes = 10
 
     def __init__(
-        self,
-        *,
-        name: str = "digits",
-        root: Optional[str] = None,
-        channels: int = 1,
-        image_size: int = 8,
-        num_classes: int = 10,
-        batch_size: int = 64,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        seed: int = 0,
+        self, *, name: str = "digits", channels: int = 1, image_size: int = 8, num_classes: int = 10, **kwargs: Any
     ) -> None:
-        super().__init__(
-            name=name, root=root, channels=channels, image_size=image_size, num_classes=num_classes,
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        )  # fmt: skip
+        """Digits' own defaults; the other arguments are ImageDataModule's."""
+        super().__init__(name=name, channels=channels, image_size=image_size, num_classes=num_classes, **kwargs)
 
     def _inspect(self) -> tuple[int, Optional[int]]:
         return NUM_DIGITS, None

@@ -87,23 +87,15 @@ class ImageFolderDataModule(ImageDataModule):
         self,
         *,
         name: str = "image_folder",
-        root: Optional[str] = None,
         channels: int = 3,
         image_size: int = 32,
         num_classes: int = 0,
-        batch_size: int = 64,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        seed: int = 0,
         in_memory: Optional[bool] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            name=name, root=root, channels=channels, image_size=image_size, num_classes=num_classes,
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        )  # fmt: skip
+        """``in_memory``: decode every image once in setup (True), read lazily (False), or decide
+        by size (None). The other arguments are ImageDataModule's."""
+        super().__init__(name=name, channels=channels, image_size=image_size, num_classes=num_classes, **kwargs)
         self.in_memory = in_memory
         self.files: list[Path] = []
         self.labels: list[int] = []
@@ -178,7 +170,6 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _verify(self, files: list[Path]) -> None:
         """Open every file with PIL (header and structure, no full decode); fingerprint the folder."""
-
         digest = hashlib.sha256()
         for path in files:
             try:

@@ -53,27 +53,23 @@ class TorchvisionDataModule(ImageDataModule):
         self,
         *,
         name: str,
-        root: Optional[str] = None,
         channels: Optional[int] = None,
         image_size: Optional[int] = None,
         num_classes: int = 10,
-        batch_size: int = 64,
-        eval_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        seed: int = 0,
         download: bool = True,
         pool: str = "official",
+        **kwargs: Any,
     ) -> None:
+        """``channels`` and ``image_size`` default to the dataset's own; the other arguments are
+        ImageDataModule's."""
         native = SOURCES.get(name, SOURCES["mnist"])  # an unknown name fails in check(), naming dataset.name
         super().__init__(
-            name=name, root=root, num_classes=num_classes,
+            name=name,
             channels=native.channels if channels is None else channels,
             image_size=native.image_size if image_size is None else image_size,
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        )  # fmt: skip
+            num_classes=num_classes,
+            **kwargs,
+        )
         self.download = download
         self.pool = pool
 

@@ -16,8 +16,8 @@ name (``val/fid_inception``, ``val/fid_classifier``) and cache keys carry its ex
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch_fidelity
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.helpers import vassert
 from torch_fidelity.metric_fid import (
@@ -145,10 +145,6 @@ class ClassifierFeatureExtractor(torch_fidelity.FeatureExtractorBase):
     def can_be_compiled() -> bool:
         return False
 
-    @staticmethod
-    def get_dummy_input_for_compile() -> Tensor:
-        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)  # never used: can_be_compiled is False
-
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting uint8 images")
         vassert(
@@ -165,27 +161,8 @@ if CLASSIFIER_FIDELITY_NAME not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor(CLASSIFIER_FIDELITY_NAME, ClassifierFeatureExtractor)
 
 
-def _sha1(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-def _file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def classifier_path(datamodule: Any, cache_dir: Union[str, os.PathLike]) -> Path:
-    """Where the classifier for this datamodule lives: keyed by everything that changes it."""
-    key = {
-        "dataset": datamodule.identity(),
-        "arch": _classifier_arch(datamodule),
-        "recipe": CLASSIFIER_RECIPE,
-    }
-    digest = _sha1(json.dumps(key, sort_keys=True))[:16]
-    return Path(cache_dir).expanduser() / "fid" / f"classifier-{digest}.pt"
+def _sha1(key: dict) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def _classifier_arch(datamodule: Any) -> dict[str, int]:
@@ -197,22 +174,10 @@ def _classifier_arch(datamodule: Any) -> dict[str, int]:
     }
 
 
-def _loader(
-    dataset: Dataset, batch_size: int, shuffle_with: Optional[torch.Generator] = None
-) -> DataLoader:
-    shuffle = shuffle_with is not None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=shuffle_with)
-
-
-@torch.no_grad()
-def _accuracy(net: ClassifierNet, dataset: Dataset, device: torch.device) -> float:
-    net.eval()
-    correct = total = 0
-    for x, y in _loader(dataset, 512):
-        _, logits = net(x.to(device))
-        correct += int((logits.argmax(1).cpu() == torch.as_tensor(y)).sum())
-        total += len(x)
-    return correct / max(total, 1)
+def classifier_path(datamodule: Any, cache_dir: Union[str, os.PathLike]) -> Path:
+    """Where the classifier for this datamodule lives: keyed by everything that changes it."""
+    key = {"dataset": datamodule.identity(), "arch": _classifier_arch(datamodule), "recipe": CLASSIFIER_RECIPE}
+    return Path(cache_dir).expanduser() / "fid" / f"classifier-{_sha1(key)[:16]}.pt"
 
 
 def train_classifier(datamodule: Any, path: Path, device: DeviceLike = "cpu") -> float:
@@ -226,21 +191,28 @@ def train_classifier(datamodule: Any, path: Path, device: DeviceLike = "cpu") ->
         raise DataError(f"the FID classifier needs training images; '{datamodule.name}' has none")
     with seeded(recipe["seed"]):
         net = ClassifierNet(**_classifier_arch(datamodule)).to(device)
-    generator = torch.Generator().manual_seed(recipe["seed"])
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
+    loader = DataLoader(
+        train, batch_size=recipe["batch_size"], shuffle=True, generator=torch.Generator().manual_seed(recipe["seed"])
+    )
     net.train()
-    step = 0
-    while step < recipe["steps"]:
-        for x, y in _loader(train, recipe["batch_size"], generator):
+    epochs = (batch for _ in itertools.count() for batch in loader)
+    for x, y in itertools.islice(epochs, recipe["steps"]):
+        _, logits = net(x.to(device))
+        loss = nn.functional.cross_entropy(logits, torch.as_tensor(y).long().to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    net.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in DataLoader(datamodule.split_dataset("val"), batch_size=512):
             _, logits = net(x.to(device))
-            loss = nn.functional.cross_entropy(logits, torch.as_tensor(y).long().to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step == recipe["steps"]:
-                break
-    accuracy = _accuracy(net, datamodule.split_dataset("val"), device)
+            correct += int((logits.argmax(1).cpu() == torch.as_tensor(y)).sum())
+            total += len(x)
+    accuracy = correct / max(total, 1)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     ckpt = {"arch": _classifier_arch(datamodule), "state_dict": state_dict, "val_accuracy": accuracy}
@@ -259,11 +231,8 @@ def ensure_classifier(
 
     Under DDP rank 0 trains and the others wait, so that every rank uses the same weights.
     """
-    if int(datamodule.num_classes) <= 0:
-        raise ConfigError(_needs_labels(datamodule))
     path = classifier_path(datamodule, cache_dir)
-    rank, _ = rank_and_world()
-    if rank == 0 and not path.is_file():
+    if rank_and_world()[0] == 0 and not path.is_file():
         train_classifier(datamodule, path, device)
     if is_distributed():
         dist.barrier()
@@ -278,14 +247,6 @@ def ensure_classifier(
             datamodule.name, accuracy,
         )  # fmt: skip
     return path
-
-
-def _needs_labels(datamodule: Any) -> str:
-    return (
-        f"callbacks.fid.extractor=classifier trains a classifier on the dataset's labels, but "
-        f"dataset '{datamodule.name}' is unlabelled (num_classes=0). Use "
-        f"callbacks.fid.extractor=inception (with callbacks.fid.weights_path for offline machines)."
-    )
 
 
 # --------------------------------------------------------------------------- inception weights
@@ -329,8 +290,9 @@ class FeatureExtractor:
     """A torch-fidelity extractor with what genlab needs around it.
 
     ``name`` is short and goes into metric names; ``key`` identifies the extractor exactly (it
-    includes a hash of the weights file) and goes into cache keys. ``extract`` maps uint8
-    images to float64 features on the CPU, in batches, on ``device``.
+    includes a hash of the weights file) and goes into cache keys. The module's first requested
+    layer gives the FID features, a second one (if any) the Inception Score's logits.
+    ``extract`` maps uint8 images to float64 features on the CPU, in batches, on ``device``.
     """
 
     def __init__(
@@ -338,16 +300,14 @@ class FeatureExtractor:
         name: str,
         key: str,
         module: torch_fidelity.FeatureExtractorBase,
-        fid_layer: str,
-        isc_layer: Optional[str] = None,
         device: DeviceLike = "cpu",
         batch_size: int = 256,
         grey_to_rgb: bool = False,
     ) -> None:
         self.name = name
         self.key = key
-        self.fid_layer = fid_layer
-        self.isc_layer = isc_layer
+        self.fid_layer, *rest = module.get_requested_features_list()
+        self.isc_layer: Optional[str] = rest[0] if rest else None
         self.device = torch.device(device)
         self.module = module.to(self.device)
         self.batch_size = batch_size
@@ -388,7 +348,11 @@ def check_extractor(
         )
     if extractor == "classifier":
         if int(datamodule.num_classes) <= 0:
-            raise ConfigError(_needs_labels(datamodule))
+            raise ConfigError(
+                f"callbacks.fid.extractor=classifier trains a classifier on the dataset's labels, but "
+                f"dataset '{datamodule.name}' is unlabelled (num_classes=0). Use callbacks.fid.extractor="
+                f"inception (with callbacks.fid.weights_path for offline machines)."
+            )
         if isc:
             raise ConfigError(
                 "callbacks.fid.isc=true: the Inception Score needs Inception's logits. "
@@ -416,33 +380,27 @@ def build_feature_extractor(
     check_extractor(extractor, datamodule, weights_path, isc)
     if extractor == "classifier":
         path = ensure_classifier(datamodule, cache_dir, device)
-        fidelity_name, batch_size = CLASSIFIER_FIDELITY_NAME, 512
-        fid_layer, isc_layer = "features", None
+        fidelity_name, layers, batch_size = CLASSIFIER_FIDELITY_NAME, ["features"], 512
     else:
         path = inception_weights(weights_path)
-        fid_layer, isc_layer = "2048", ("logits_unbiased" if isc else None)
-        fidelity_name, batch_size = INCEPTION_FIDELITY_NAME, 64
-    layers = [fid_layer] + ([isc_layer] if isc_layer else [])
+        fidelity_name, layers, batch_size = INCEPTION_FIDELITY_NAME, ["2048"], 64
+        if isc:
+            layers.append("logits_unbiased")
     module = create_feature_extractor(
         fidelity_name, layers, cuda=False, feature_extractor_weights_path=str(path), verbose=False
     )
-    key = f"{fidelity_name}/{fid_layer}/{_file_sha1(path)[:16]}"
-    return FeatureExtractor(
-        extractor, key, module, fid_layer, isc_layer, device, batch_size,
-        grey_to_rgb=extractor == "inception",
-    )  # fmt: skip
+    with open(path, "rb") as f:
+        weights_sha1 = hashlib.file_digest(f, "sha1").hexdigest()
+    key = f"{fidelity_name}/{layers[0]}/{weights_sha1[:16]}"
+    return FeatureExtractor(extractor, key, module, device, batch_size, grey_to_rgb=extractor == "inception")
 
 
 # --------------------------------------------------------------------------- statistics
 
 
 def statistics(features: Tensor) -> dict[str, np.ndarray]:
-    """Mean and covariance of features [N, D], exactly as torch-fidelity computes them.
-
-    torch-fidelity takes the mean of the extractor's float32 features in float32 (and the
-    covariance in float64); doing the same (a lossless cast: the features are float32 values)
-    makes genlab's FID equal torch-fidelity's to round-off, not just to ~1e-6.
-    """
+    """Mean and covariance of features [N, D], as torch-fidelity computes them: from float32
+    features (a lossless cast, extractors compute in float32), so that FID matches to round-off."""
     return fid_features_to_statistics(features.detach().cpu().float())
 
 
@@ -495,10 +453,8 @@ def _save_reference(path: Path, key: dict, key_json: str, arrays: dict[str, np.n
         with os.fdopen(fd, "wb") as f:
             np.savez(f, key=np.array(key_json), **arrays)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # left only when writing failed
     atomic_write_json(path.with_suffix(".json"), key)  # for people browsing the cache
 
 
@@ -536,7 +492,7 @@ def reference_statistics(
         "n": n_used,
     }
     key_json = json.dumps(key, sort_keys=True)
-    path = Path(cache_dir).expanduser() / "fid" / f"ref-{_sha1(key_json)}.npz"
+    path = Path(cache_dir).expanduser() / "fid" / f"ref-{_sha1(key)}.npz"
 
     cached = _load_reference(path, key_json, keep_features)
     if _all_ranks(cached is not None):
