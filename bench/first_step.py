@@ -1,0 +1,106 @@
+"""Benchmark: from the command line to the first training step, and where the time goes.
+
+    .venv/bin/python bench/first_step.py        # prints a table; results in bench/RESULTS.md
+
+1. The whole command (`genlab-train` with its defaults, W&B offline) in a fresh process, timed
+   from before the process starts to the first `on_train_batch_start` (a callback added
+   with a `+callbacks.` override that records the time and stops the run).
+2. The same start-up in phases, in one process: imports, config, data, model, FID extractor,
+   loggers, trainer, first step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StopAtFirstStep(pl.Callback):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        Path(self.path).write_text(json.dumps({"first_step": time.time()}))
+        os._exit(0)  # stop right here: the rest of the run is not what is measured
+
+
+def command_line(tmp: Path, repeats: int = 3) -> list[float]:
+    times = []
+    for i in range(repeats):
+        marker = tmp / f"first-step-{i}.json"
+        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+        start = time.time()
+        subprocess.run(
+            [str(REPO / ".venv" / "bin" / "genlab-train"), f"paths.log_dir={tmp}",
+             "+callbacks.first_step._target_=bench.first_step.StopAtFirstStep",
+             f"+callbacks.first_step.path={marker}"],
+            env=env, check=True, capture_output=True,
+        )
+        times.append(json.loads(marker.read_text())["first_step"] - start)
+    return times
+
+
+def phases(tmp: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    t = time.time()
+    code = "import genlab.train, genlab.callbacks.fid, pytorch_lightning.loggers"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out["python start + imports (fresh process)"] = time.time() - t
+
+    from hydra import compose, initialize_config_dir
+
+    from genlab.config import CONF_DIR, build_sampler, instantiate
+    from genlab.entry import build_trainer
+
+    t = time.time()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp / 'phases'}"])
+    out["compose config"] = time.time() - t
+    t = time.time()
+    datamodule = instantiate(cfg.dataset, "dataset")
+    datamodule.check()
+    datamodule.setup("fit")
+    out["dataset: check + split"] = time.time() - t
+    t = time.time()
+    model = instantiate(cfg.model, "model")
+    model.sampler = build_sampler(cfg.sampler, model)
+    out["model + sampler"] = time.time() - t
+    t = time.time()
+    os.environ["WANDB_MODE"] = "offline"
+    trainer, _ = build_trainer(cfg, datamodule, tmp / "phases")  # FID check, W&B init, Trainer
+    out["callbacks (FID classifier cached) + W&B init + Trainer"] = time.time() - t
+    marker = tmp / "phases-first-step.json"
+
+    class Stop(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            marker.write_text(json.dumps({"first_step": time.time()}))
+            trainer.should_stop = True  # fit ends after this batch
+
+    trainer.callbacks.append(Stop())
+    trainer.should_stop = False
+    t = time.time()
+    trainer.fit(model, datamodule=datamodule)
+    out["fit() until the first step (setup hooks, FID extractor load)"] = (
+        json.loads(marker.read_text())["first_step"] - t)
+    return out
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        # Warm the FID classifier cache once (a first run on a new machine trains it: ~5 s).
+        command_line(tmp, repeats=1)
+        runs = command_line(tmp)
+        print(f"command line -> first training step: {min(runs):.1f} s (min of {len(runs)}: "
+              + ", ".join(f"{r:.1f}" for r in runs) + ")")
+        for name, seconds in phases(tmp).items():
+            print(f"  {seconds:6.2f} s  {name}")
