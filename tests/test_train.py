@@ -159,3 +159,53 @@ def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_fol
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert objective == metrics["best"]["val/bpd"]
     assert metrics["status"] == "completed" and math.isfinite(metrics["final"]["test/bpd"])
+
+
+def test_best_values_follow_each_metric_direction(tmp_path):
+    from types import SimpleNamespace
+
+    from genlab.callbacks.run import RunRecorder
+
+    recorder = RunRecorder(tmp_path, {"objective": "val/custom", "objective_mode": "max"})
+    for values in ({"val/bpd": 4.0, "val/acc": 0.5, "val/custom": 1.0},
+                   {"val/bpd": 3.0, "val/acc": 0.9, "val/custom": 3.0},
+                   {"val/bpd": 3.5, "val/acc": 0.7, "val/custom": 2.0}):
+        recorder._collect(SimpleNamespace(sanity_checking=False,
+                                          callback_metrics={k: torch.tensor(v) for k, v in values.items()}))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["best"] == {"val/bpd": 3.0, "val/acc": 0.9, "val/custom": 3.0}
+    assert written["final"] == {"val/bpd": 3.5, "val/acc": 0.7, "val/custom": 2.0}
+
+
+def test_a_family_without_likelihood_reports_bpd_not_applicable(tmp_path, caplog):
+    """The contract for likelihood-free families (GANs): bits/dim is reported once as not
+    applicable and never logged as a number."""
+    import logging
+
+    import pytorch_lightning as pl
+
+    from genlab.callbacks.bpd import BitsPerDim
+    from genlab.callbacks.run import RunRecorder
+    from genlab.data import DigitsDataModule
+    from genlab.models.base import GenerativeModel
+
+    class NoLikelihood(GenerativeModel):
+        family = "implicit"
+
+        def __init__(self):
+            super().__init__((1, 8, 8))
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", self.w.sum() + 1.0)
+
+    recorder = RunRecorder(tmp_path, {})
+    trainer = pl.Trainer(callbacks=[BitsPerDim(), recorder], logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False)
+    with caplog.at_level(logging.INFO, logger="genlab.callbacks.bpd"):
+        for _ in range(2):
+            trainer.validate(NoLikelihood(), datamodule=DigitsDataModule(), verbose=False)
+    assert "val/bpd" not in trainer.callback_metrics
+    assert [r.message for r in caplog.records].count("bits/dim: not applicable (the implicit family has no likelihood)") == 1
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert "val/bpd" not in written["final"] and "implicit" in written["not_applicable"]["bpd"]

@@ -32,6 +32,8 @@ class RunRecorder(pl.Callback):
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.status = "running"
+        #: metrics that do not exist for this model, with the reason (e.g. bits/dim for a GAN)
+        self.not_applicable: dict[str, str] = {}
 
     def _collect(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking:
@@ -42,20 +44,25 @@ class RunRecorder(pl.Callback):
                 continue
             self.final[name] = value
             old = self.best.get(name)
-            better = max if higher_is_better(name) else min
+            better = max if self._higher_is_better(name) else min
             self.best[name] = value if old is None else better(old, value)
         self.write()
+
+    def _higher_is_better(self, name: str) -> bool:
+        if name == self.config.get("objective"):  # the config says which way its objective goes
+            return self.config.get("objective_mode") == "max"
+        return higher_is_better(name)
 
     @rank_zero_only
     def write(self) -> None:
         data: dict[str, Any] = {"status": self.status, "final": self.final, "best": self.best}
-        if trainer_module := getattr(self, "_module", None):
-            if trainer_module.likelihood is None:
-                data["not_applicable"] = {"bpd": f"the {trainer_module.family} family has no likelihood"}
+        if self.not_applicable:
+            data["not_applicable"] = self.not_applicable
         atomic_write_json(self.path, data)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._module = pl_module
+        if pl_module.likelihood is None:
+            self.not_applicable["bpd"] = f"the {pl_module.family} family has no likelihood"
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collect(trainer)
