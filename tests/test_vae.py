@@ -113,3 +113,15 @@ def test_a_sampler_refuses_other_families_and_names_those_that_fit():
     assert compatible_samplers("vae") == ["prior"]
     with pytest.raises(ConfigError, match=r"serves the families \['vae'\].*vae_free_family"):
         PriorSampler().check(Implicit((1, 8, 8)), compatible_samplers("vae_free_family"))
+
+
+@pytest.mark.parametrize("dist_cls", [DiscretizedLogistic, Categorical256])
+def test_pixel_likelihoods_stay_float32_under_bf16_autocast(dist_cls):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, dist_cls.params_per_channel, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        params = conv(torch.randn(1, 1, 1, 1)).expand(256, -1, -1, -1)
+        assert params.dtype == torch.bfloat16
+        log_p = dist_cls(params, channels=1).log_prob(ALL_VALUES)
+    assert log_p.dtype == torch.float32
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-4)

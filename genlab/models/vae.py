@@ -99,7 +99,7 @@ class VAE(GenerativeModel):
         onehot = self._one_hot(y)
         if onehot is not None:
             h = torch.cat([h, onehot[:, :, None, None].expand(-1, -1, *h.shape[2:])], dim=1)
-        mean, log_var = self.to_posterior(self.encoder(h)).chunk(2, dim=1)
+        mean, log_var = self.to_posterior(self.encoder(h)).float().chunk(2, dim=1)
         return mean, log_var.clamp(-12.0, 8.0)
 
     def decode(self, z: Tensor, y: Optional[Tensor] = None) -> Any:

@@ -33,7 +33,8 @@ class DiscretizedLogistic:
     params_per_channel = 2
 
     def __init__(self, params: Tensor, channels: int) -> None:
-        mean, log_scale = params.split(channels, dim=1)
+        # float32 even under bf16 autocast: bin masses are differences of nearby CDF values
+        mean, log_scale = params.float().split(channels, dim=1)
         self.mean = torch.tanh(mean)
         self.log_scale = log_scale.clamp(min=-7.0)
 
@@ -66,7 +67,7 @@ class Categorical256:
 
     def __init__(self, params: Tensor, channels: int) -> None:
         b, _, h, w = params.shape
-        self.logits = params.view(b, channels, 256, h, w).movedim(2, -1)  # [B, C, H, W, 256]
+        self.logits = params.float().view(b, channels, 256, h, w).movedim(2, -1)  # [B, C, H, W, 256]
 
     def log_prob(self, x: Tensor) -> Tensor:
         log_p = torch.log_softmax(self.logits, dim=-1)
