@@ -199,7 +199,7 @@ class TorchvisionDataModule(ImageDataModule):
                 raise DataError(
                     f"{self.name} could not be downloaded to dataset.root={self.root} (no network?): "
                     f"{type(e).__name__}: {reason}. Fix: put the files at the exact paths torchvision "
-                    f"reads, {self._files_hint(train)}, and set dataset.root={self.root} (or the folder "
+                    f"reads, {', '.join(dict.fromkeys(self._files_hint(t) for t in splits if missing[t]))}, and set dataset.root={self.root} (or the folder "
                     f"that holds them); once they are there, set dataset.download=false.{self._pool_hint()}"
                 ) from e
 
