@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genlab.config import instantiate
 from genlab.errors import CheckpointError
@@ -34,19 +34,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def saved_config(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
-    """The run's saved config with this command's model/dataset additions merged on top."""
-    saved = OmegaConf.create(checkpoint["genlab"]["config"])
-    for key in ("model", "dataset"):
-        if cfg.get(key):
-            saved[key] = OmegaConf.merge(saved[key], cfg[key])
-    return saved
+def with_trained_run(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
+    """This command's config completed from the run that wrote the checkpoint.
+
+    ``model``, ``dataset`` and ``sampler`` are the run's own; a key given on this command line
+    changes the saved value (``+dataset.root=/data``, ``+sampler.temperature=0.5``) and a whole
+    option replaces it (``sampler=prior``). The run's whole config is kept under ``trained``
+    (the eval metrics default to what the run measured: ``conf/callbacks/eval.yaml``).
+    """
+    trained = OmegaConf.create(checkpoint["genlab"]["config"])
+    with open_dict(cfg):
+        cfg.trained = trained
+        for key in ("model", "dataset", "sampler"):
+            mine = cfg.get(key)
+            if mine is not None and "_target_" in mine:
+                continue
+            cfg[key] = OmegaConf.merge(trained.get(key) or {}, mine or {})
+    return cfg
 
 
-def load_model(checkpoint: dict[str, Any], saved: DictConfig) -> GenerativeModel:
-    """Rebuild the model from its saved config and load the checkpoint's weights (the EMA
-    average when the run used one: Lightning stores it as the state_dict)."""
-    model = instantiate(saved.model, "model")
+def load_model(checkpoint: dict[str, Any], model_cfg: DictConfig) -> GenerativeModel:
+    """Rebuild the model from its config and load the checkpoint's weights (the EMA average
+    when the run used one: Lightning stores it as the state_dict)."""
+    model = instantiate(model_cfg, "model")
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     return model

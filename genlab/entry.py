@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import traceback
@@ -18,7 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from genlab.callbacks.run import RunRecorder
 from genlab.config import build_named, check_config
 from genlab.errors import GenlabError, RunDirectoryInUse
-from genlab.utils import atomic_write_json
+from genlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("genlab")
 
@@ -37,6 +38,7 @@ def build_trainer(cfg: DictConfig, datamodule: Any, output_dir: Path) -> tuple[p
         logger.log_hyperparams(container)
     if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    _write_resolved_config(output_dir, container)
     recorder = RunRecorder(output_dir, container)
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -47,6 +49,12 @@ def build_trainer(cfg: DictConfig, datamodule: Any, output_dir: Path) -> tuple[p
     return trainer, recorder
 
 
+@rank_zero_only
+def _write_resolved_config(output_dir: Path, container: dict) -> None:
+    """Every value as this run used it (.hydra/config.yaml keeps the interpolations)."""
+    atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
+
+
 def finish_loggers(trainer: pl.Trainer) -> None:
     """Flush W&B so its (offline) run files are complete when the entry point returns."""
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and rank_zero_only.rank == 0:
@@ -55,13 +63,24 @@ def finish_loggers(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @rank_zero_only
 def _mark_failed(output_dir: Path, err: BaseException) -> None:
+    """FAILED.json with the error; a metrics.json written before the failure says so too."""
     atomic_write_json(
         output_dir / "FAILED.json",
         {"status": "failed", "error": type(err).__name__, "message": str(err),
          "traceback": traceback.format_exc()},
     )
+    metrics = output_dir / "metrics.json"
+    if metrics.is_file():
+        atomic_write_json(metrics, {**json.loads(metrics.read_text()), "status": "failed"})
 
 
 def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> Callable[[DictConfig], Any]:
@@ -79,6 +98,8 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             if not isinstance(err, RunDirectoryInUse):
                 _mark_failed(output_dir, err)
             log.error("%s", err)
+            if _in_multirun():  # Hydra records the failed job and runs the rest of the sweep
+                raise
             print(f"genlab: error: {err}", file=sys.stderr)
             sys.exit(1)
         except BaseException as err:

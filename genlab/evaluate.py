@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+import pytorch_lightning as pl
+from omegaconf import DictConfig
 
-from genlab.checkpoint import load_model, read_checkpoint, saved_config
+from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
 from genlab.config import CONF_DIR, build_sampler, check_config, instantiate
 from genlab.entry import build_trainer, entry_point, finish_loggers
 from genlab.errors import ConfigError
@@ -21,15 +22,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"split={cfg.split!r}: use split=val or split=test")
     output_dir = Path(cfg.paths.output_dir)
     checkpoint = read_checkpoint(cfg.ckpt)
-    saved = saved_config(checkpoint, cfg)
-    # Evaluate the data and model exactly as trained; this command picks sampler and metrics.
-    with open_dict(cfg):
-        cfg.dataset, cfg.model = saved.dataset, saved.model
-    check_config(cfg, ("dataset", "model", "callbacks"))  # they refer to the saved dataset
+    cfg = with_trained_run(checkpoint, cfg)
+    check_config(cfg, ("dataset", "model", "sampler", "callbacks"))
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset, "dataset")
     datamodule.check()
-    model = load_model(checkpoint, saved)
-    model.sampler = build_sampler(cfg.get("sampler") or saved.get("sampler"), model)
+    model = load_model(checkpoint, cfg.model)
+    model.sampler = build_sampler(cfg.sampler, model)
     trainer, recorder = build_trainer(cfg, datamodule, output_dir)
 
     run = trainer.test if cfg.split == "test" else trainer.validate

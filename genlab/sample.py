@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from genlab.callbacks.samples import save_grid
-from genlab.checkpoint import load_model, read_checkpoint, saved_config
-from genlab.config import CONF_DIR, build_sampler
+from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.config import CONF_DIR, build_sampler, check_config
 from genlab.entry import entry_point
 from genlab.errors import ConfigError
 from genlab.utils import seeded
@@ -25,11 +25,12 @@ def sample(cfg: DictConfig) -> Path:
         raise ConfigError(f"n={cfg.n!r}: the number of samples must be a positive integer")
     output_dir = Path(cfg.paths.output_dir)
     checkpoint = read_checkpoint(cfg.ckpt)
-    saved = saved_config(checkpoint, cfg)
-    model = load_model(checkpoint, saved)
+    cfg = with_trained_run(checkpoint, cfg)
+    check_config(cfg, ("model", "sampler"))
+    model = load_model(checkpoint, cfg.model)
     if cfg.trainer.accelerator in ("gpu", "auto") and torch.cuda.is_available():
         model = model.cuda()
-    sampler = build_sampler(cfg.get("sampler") or saved.get("sampler"), model)
+    sampler = build_sampler(cfg.sampler, model)
     if cfg.classes is not None:
         if not getattr(model, "conditional", False):
             raise ConfigError("classes= was given but the checkpoint's model is not conditional")
@@ -50,7 +51,7 @@ def sample(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
 def main(cfg: DictConfig) -> None:
-    entry_point(sample, ("sampler",))(cfg)
+    entry_point(sample, ())(cfg)
 
 
 if __name__ == "__main__":

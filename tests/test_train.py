@@ -41,6 +41,8 @@ def test_training_writes_a_complete_run(digits_run):
         assert math.isfinite(metrics["final"][key]), key
     assert objective == metrics["best"]["val/bpd"] <= metrics["final"]["val/bpd"]
     assert 0 < metrics["final"]["test/bpd"] < 8  # far better than uniform on real digits
+    resolved = (out / "config_resolved.yaml").read_text()
+    assert "${" not in resolved and "precision: 32-true" in resolved
     checkpoints = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(n.startswith("best-") for n in checkpoints)
     grids = sorted((out / "samples").glob("*.png"))
@@ -97,9 +99,8 @@ def test_wandb_offline_run_holds_metrics_config_and_images(digits_run):
 def test_eval_reproduces_the_test_metrics_of_the_checkpoint(digits_run, tmp_path):
     out, _ = digits_run
     best = next((out / "checkpoints").glob("best-*.ckpt"))
-    cfg = compose_cfg("eval", overrides=[f"ckpt={best}", "callbacks.fid.num_samples=200",
-                                          "callbacks.bpd.max_examples=100"], output_dir=tmp_path)
-    result = evaluate(cfg)
+    cfg = compose_cfg("eval", overrides=[f"ckpt={best}"], output_dir=tmp_path)
+    result = evaluate(cfg)  # measures as the run did (200 FID samples, 100 examples)
     trained = json.loads((out / "metrics.json").read_text())["final"]
     # Same weights, same seeded chunks: the same numbers as the test stage after training.
     assert result["test/bpd"] == pytest.approx(trained["test/bpd"], rel=1e-5)
@@ -109,17 +110,18 @@ def test_eval_reproduces_the_test_metrics_of_the_checkpoint(digits_run, tmp_path
 
 def test_sample_writes_a_grid_and_an_npz(digits_run, tmp_path):
     out, _ = digits_run
-    cfg = compose_cfg("sample", overrides=[f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "n=10",
-                                            "sampler.temperature=0.8"] if False else
-                      [f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "n=10"], output_dir=tmp_path)
-    sample(cfg)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    sample(compose_cfg("sample", overrides=[f"ckpt={ckpt}", "n=10"], output_dir=tmp_path))
     arrays = np.load(tmp_path / "samples.npz")
     assert arrays["images"].shape == (10, 1, 8, 8) and arrays["images"].dtype == np.uint8
     assert Image.open(tmp_path / "samples.png").size[0] > 32
-    again = tmp_path / "again"
-    sample(compose_cfg("sample", overrides=[f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "n=10"],
-                       output_dir=again))
-    assert np.array_equal(np.load(again / "samples.npz")["images"], arrays["images"])  # seeded
+    sample(compose_cfg("sample", overrides=[f"ckpt={ckpt}", "n=10"], output_dir=tmp_path / "again"))
+    assert np.array_equal(np.load(tmp_path / "again" / "samples.npz")["images"], arrays["images"])  # seeded
+    # A saved sampler key changed from the command line: temperature 0 decodes one latent.
+    sample(compose_cfg("sample", overrides=[f"ckpt={ckpt}", "n=5", "+sampler.temperature=0"],
+                       output_dir=tmp_path / "cold"))
+    cold = np.load(tmp_path / "cold" / "samples.npz")["images"]
+    assert (cold == cold[0]).all() and not (arrays["images"] == arrays["images"][0]).all()
 
 
 def test_conditional_vae_samples_the_chosen_classes(tmp_path):
@@ -168,14 +170,14 @@ def test_best_values_follow_each_metric_direction(tmp_path):
     from genlab.callbacks.run import RunRecorder
 
     recorder = RunRecorder(tmp_path, {"objective": "val/custom", "objective_mode": "max"})
-    for values in ({"val/bpd": 4.0, "val/acc": 0.5, "val/custom": 1.0},
-                   {"val/bpd": 3.0, "val/acc": 0.875, "val/custom": 3.0},
-                   {"val/bpd": 3.5, "val/acc": 0.75, "val/custom": 2.0}):  # exact in float32
+    for values in ({"val/bpd": 4.0, "val/acc": 0.5, "val/custom": 1.0, "train/disc_loss": 1.0},
+                   {"val/bpd": 3.0, "val/acc": 0.875, "val/custom": 3.0, "train/disc_loss": 0.5},
+                   {"val/bpd": 3.5, "val/acc": 0.75, "val/custom": 2.0, "train/disc_loss": 0.75}):
         recorder._collect(SimpleNamespace(sanity_checking=False,
                                           callback_metrics={k: torch.tensor(v) for k, v in values.items()}))
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["best"] == {"val/bpd": 3.0, "val/acc": 0.875, "val/custom": 3.0}
-    assert written["final"] == {"val/bpd": 3.5, "val/acc": 0.75, "val/custom": 2.0}
+    assert written["best"] == {"val/bpd": 3.0, "val/acc": 0.875, "val/custom": 3.0, "train/disc_loss": 0.5}
+    assert written["final"] == {"val/bpd": 3.5, "val/acc": 0.75, "val/custom": 2.0, "train/disc_loss": 0.75}
 
 
 def test_a_family_without_likelihood_reports_bpd_not_applicable(tmp_path, caplog):
@@ -210,3 +212,35 @@ def test_a_family_without_likelihood_reports_bpd_not_applicable(tmp_path, caplog
     assert [r.message for r in caplog.records].count("bits/dim: not applicable (the implicit family has no likelihood)") == 1
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert "val/bpd" not in written["final"] and "implicit" in written["not_applicable"]["bpd"]
+
+
+def test_sample_grids_follow_the_validation_schedule(tmp_path):
+    cfg = compose_cfg(overrides=["trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
+                                 "+callbacks.samples.every_n_epochs=2", "callbacks.fid=null", "logger=none",
+                                 "callbacks.samples.n=4", "test=false"], output_dir=tmp_path)
+    train(cfg)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "samples").glob("*.png")) == ["epoch001", "epoch003"]
+
+
+def test_uniform_model_is_exactly_8_bits_per_dim_through_the_callback():
+    import pytorch_lightning as pl
+
+    from genlab.callbacks.bpd import BitsPerDim
+    from genlab.data import DigitsDataModule
+    from genlab.models.base import GenerativeModel
+    from genlab.nets.likelihoods import Categorical256
+
+    class Uniform(GenerativeModel):
+        family, likelihood = "uniform", "exact"
+
+        def nll_bits(self, x, y=None):
+            logits = torch.zeros(x.shape[0], x.shape[1] * 256, *x.shape[2:])
+            return -Categorical256(logits, x.shape[1]).log_prob(x).flatten(1).sum(1) / math.log(2)
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+    trainer = pl.Trainer(callbacks=[BitsPerDim(chunk_size=7)], logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False)
+    trainer.validate(Uniform((1, 8, 8)), datamodule=DigitsDataModule(), verbose=False)
+    assert trainer.callback_metrics["val/bpd"].item() == pytest.approx(8.0, abs=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ from pytorch_lightning.utilities import rank_zero_only
 import genlab
 from genlab.utils import atomic_write_json
 
-HIGHER_IS_BETTER = ("acc", "isc", "inception_score", "precision", "recall")
+HIGHER_IS_BETTER = {"acc", "accuracy", "isc", "is", "precision", "recall"}
 
 
 def higher_is_better(name: str) -> bool:
-    return any(part in name.lower() for part in HIGHER_IS_BETTER)
+    """By the metric's name tokens: ``val/isc_inception`` yes, ``train/disc_loss`` no."""
+    return not HIGHER_IS_BETTER.isdisjoint(re.split(r"[/_.\-]", name.lower()))
 
 
 class RunRecorder(pl.Callback):

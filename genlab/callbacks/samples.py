@@ -37,7 +37,8 @@ class SampleGrid(pl.Callback):
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+        # Lightning validates after epoch e when (e + 1) % check_val_every_n_epoch == 0
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         was_training = pl_module.training
         pl_module.eval()
