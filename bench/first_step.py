@@ -59,7 +59,7 @@ def phases(tmp: Path) -> dict[str, float]:
     from hydra import compose, initialize_config_dir
 
     from genlab.config import CONF_DIR, build_sampler, instantiate
-    from genlab.entry import build_trainer
+    from genlab.entry import build_callbacks, build_trainer
 
     t = time.time()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -76,7 +76,7 @@ def phases(tmp: Path) -> dict[str, float]:
     out["model + sampler"] = time.time() - t
     t = time.time()
     os.environ["WANDB_MODE"] = "offline"
-    trainer, _ = build_trainer(cfg, datamodule, tmp / "phases")  # FID check, W&B init, Trainer
+    trainer, _ = build_trainer(cfg, build_callbacks(cfg, datamodule), tmp / "phases")  # FID check, W&B, Trainer
     out["callbacks (FID classifier cached) + W&B init + Trainer"] = time.time() - t
     marker = tmp / "phases-first-step.json"
 

@@ -24,14 +24,20 @@ from genlab.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger("genlab")
 
 
-def build_trainer(cfg: DictConfig, datamodule: Any, output_dir: Path) -> tuple[pl.Trainer, RunRecorder]:
-    """A Lightning Trainer from ``cfg.trainer`` (passed straight through), the callbacks of
-    ``cfg.callbacks`` (each checked against the data before any work) and ``cfg.logger``, plus
-    the run recorder that writes metrics.json."""
+def build_callbacks(cfg: DictConfig, datamodule: Any) -> list[pl.Callback]:
+    """The callbacks of ``cfg.callbacks``, each checked against the data before any work."""
     callbacks = build_named(cfg.get("callbacks"), "callbacks")
     for callback in callbacks:
         if hasattr(callback, "check"):
             callback.check(datamodule)
+    return callbacks
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], output_dir: Path
+) -> tuple[pl.Trainer, RunRecorder]:
+    """A Lightning Trainer from ``cfg.trainer`` (passed straight through) with the callbacks,
+    the loggers of ``cfg.logger`` and the run recorder that writes metrics.json."""
     loggers = build_named(cfg.get("logger"), "logger")
     container = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:

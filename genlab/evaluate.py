@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
 from genlab.config import CONF_DIR, build_sampler, check_config, instantiate
-from genlab.entry import build_trainer, entry_point, finish_loggers
+from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers
 from genlab.errors import ConfigError
 
 log = logging.getLogger("genlab")
@@ -29,7 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.check()
     model = load_model(checkpoint, cfg.model)
     model.sampler = build_sampler(cfg.sampler, model)
-    trainer, recorder = build_trainer(cfg, datamodule, output_dir)
+    trainer, recorder = build_trainer(cfg, build_callbacks(cfg, datamodule), output_dir)
 
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(model, datamodule=datamodule)

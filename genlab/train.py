@@ -13,8 +13,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.config import CONF_DIR, build_sampler, instantiate
-from genlab.entry import build_trainer, entry_point, finish_loggers
-from genlab.errors import RunDirectoryInUse
+from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers
+from genlab.errors import ConfigError, RunDirectoryInUse
 
 log = logging.getLogger("genlab")
 
@@ -34,6 +34,21 @@ def refuse_to_overwrite(output_dir: Path, resuming: bool) -> None:
         )
 
 
+def check_objective(cfg: DictConfig, model: pl.LightningModule, callbacks: list[pl.Callback]) -> None:
+    """The objective (best checkpoint, sweeper value) must be a metric this run logs."""
+    if cfg.objective_mode not in ("min", "max"):
+        raise ConfigError(f"objective_mode={cfg.objective_mode!r}: use min or max")
+    measured = {f"{stage}/{name}" for stage in ("train", "val") for name in model.step_metrics}
+    for callback in callbacks:
+        measured.update(callback.metric_names(model) if hasattr(callback, "metric_names") else [])
+    if cfg.objective not in measured:
+        raise ConfigError(
+            f"objective={cfg.objective} is not measured by this run; it measures "
+            f"{', '.join(sorted(measured))}. Set objective= to one of them (or enable the callback "
+            "that measures it)."
+        )
+
+
 def train(cfg: DictConfig) -> Optional[float]:
     """Build everything (each piece checked before any training), fit, test, report."""
     output_dir = Path(cfg.paths.output_dir)
@@ -44,7 +59,9 @@ def train(cfg: DictConfig) -> Optional[float]:
     datamodule.check()
     model = instantiate(cfg.model, "model")
     model.sampler = build_sampler(cfg.get("sampler"), model)
-    trainer, recorder = build_trainer(cfg, datamodule, output_dir)
+    callbacks = build_callbacks(cfg, datamodule)
+    check_objective(cfg, model, callbacks)
+    trainer, recorder = build_trainer(cfg, callbacks, output_dir)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if cfg.get("test"):

@@ -70,6 +70,16 @@ def test_unreadable_image_is_named(tiny_folder, tmp_path, capsys):
     fails_cleanly(train, cfg, capsys, str(bad))
 
 
+def test_truncated_image_is_named_before_training(tiny_folder, tmp_path, capsys):
+    from PIL import Image
+
+    cut = tiny_folder / "blobs" / "cut.jpg"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(cut, quality=95)
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.6)])
+    cfg = compose_cfg(overrides=["dataset=image_folder", f"dataset.root={tiny_folder}"], output_dir=tmp_path / "run")
+    fails_cleanly(train, cfg, capsys, str(cut), "truncated")
+
+
 def test_download_without_network_says_how_to_use_local_files(tmp_path, capsys, monkeypatch):
     import urllib.error
     import urllib.request
@@ -98,6 +108,12 @@ def test_inception_without_weights_or_network(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     cfg = compose_cfg(overrides=["callbacks.fid.extractor=inception"], output_dir=tmp_path)
     fails_cleanly(train, cfg, capsys, "callbacks.fid.weights_path")
+
+
+@pytest.mark.parametrize("overrides", [["objective=val/bdp"], ["callbacks.bpd=null"]])
+def test_an_objective_the_run_does_not_measure(tmp_path, capsys, overrides):
+    cfg = compose_cfg(overrides=overrides, output_dir=tmp_path)  # with W&B: no run is started
+    fails_cleanly(train, cfg, capsys, "objective=", "val/elbo_bpd")
 
 
 def test_checkpoint_path_that_does_not_exist(tmp_path, capsys):

@@ -27,6 +27,7 @@ class Digits(pl.LightningDataModule):
 
     name = "digits-standin"
     channels, image_size = 1, 8
+    seed = 0
 
     def __init__(self, variant: int = 0, labelled: bool = True) -> None:
         super().__init__()
@@ -347,3 +348,16 @@ def test_callback_runs_every_n_epochs_and_not_in_sanity_check(dm, fid_cache):
     trainer.fit(StandInModel(StandInSampler(None)), datamodule=dm)
     assert calls == [1]
     assert "val/fid_classifier" in trainer.callback_metrics
+
+
+def test_runs_that_differ_only_in_seed_share_one_classifier(tmp_path):
+    from genlab.data import DigitsDataModule
+
+    paths = {fid.classifier_path(DigitsDataModule(seed=seed), tmp_path) for seed in (0, 1, 7)}
+    assert len(paths) == 1
+    assert fid.classifier_path(DigitsDataModule(seed=0, val_fraction=0.2), tmp_path) not in paths
+    dm = DigitsDataModule(seed=3)
+    dm.setup()
+    other = dm.with_seed(0)
+    other.setup()
+    assert dm.seed == 3 and not torch.equal(dm.split_dataset("val")[0][0], other.split_dataset("val")[0][0])

@@ -54,6 +54,9 @@ class BitsPerDim(pl.Callback):
             log.info("bits/dim (%s) is %s, over %d %s examples", pl_module.family, kind, n, split)
             self._said = True
 
+    def metric_names(self, model: pl.LightningModule) -> list[str]:
+        return ["val/bpd"] if model.likelihood is not None else []
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._measure(trainer, pl_module, "val")

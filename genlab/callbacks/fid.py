@@ -89,6 +89,11 @@ class FIDCallback(pl.Callback):
         For inception without ``weights_path`` this fetches the weights if they are not cached."""
         check_extractor(self.extractor_name, datamodule, self.weights_path, self.isc)
 
+    def metric_names(self, model: Any) -> list[str]:
+        """The validation metrics this callback logs (for checking ``objective`` up front)."""
+        kinds = ["fid"] + ["kid"] * self.kid + ["isc"] * self.isc
+        return [f"val/{kind}_{self.extractor_name}" for kind in kinds]
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = self._datamodule(trainer)
         self._sampler(pl_module)  # fail before training, not after the first epoch

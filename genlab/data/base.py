@@ -7,6 +7,7 @@ pixels to floats: each model maps ``x`` into its own space.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Optional
 
@@ -236,6 +237,12 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     # --------------------------------------------------------------------- identity
+
+    def with_seed(self, seed: int) -> "ImageDataModule":
+        """The same data split with another seed (a copy; this one is left as it is)."""
+        other = copy.copy(self)
+        other.seed, other._splits = seed, None
+        return other
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the images of a split: a cache key for FID reference statistics."""

@@ -169,12 +169,13 @@ class ImageFolderDataModule(ImageDataModule):
         return files, labels, classes
 
     def _verify(self, files: list[Path]) -> None:
-        """Open every file with PIL (header and structure, no full decode); fingerprint the folder."""
+        """Decode every file once with PIL (a truncated file fails here, not mid-training);
+        fingerprint the folder."""
         digest = hashlib.sha256()
         for path in files:
             try:
                 with Image.open(path) as img:
-                    img.verify()
+                    img.load()
             except Exception as e:
                 raise DataError(
                     f"{path} is not a readable image ({type(e).__name__}: {e}): delete or replace it "

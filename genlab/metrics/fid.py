@@ -174,9 +174,15 @@ def _classifier_arch(datamodule: Any) -> dict[str, int]:
     }
 
 
+# The classifier is trained on the split of this seed, whatever the run's seed: runs that differ
+# only in their seed must measure FID with the same extractor to be comparable.
+CLASSIFIER_DATA_SEED = 0
+
+
 def classifier_path(datamodule: Any, cache_dir: Union[str, os.PathLike]) -> Path:
     """Where the classifier for this datamodule lives: keyed by everything that changes it."""
-    key = {"dataset": datamodule.identity(), "arch": _classifier_arch(datamodule), "recipe": CLASSIFIER_RECIPE}
+    dataset = {**datamodule.identity(), "seed": CLASSIFIER_DATA_SEED}
+    key = {"dataset": dataset, "arch": _classifier_arch(datamodule), "recipe": CLASSIFIER_RECIPE}
     return Path(cache_dir).expanduser() / "fid" / f"classifier-{_sha1(key)[:16]}.pt"
 
 
@@ -232,6 +238,8 @@ def ensure_classifier(
     Under DDP rank 0 trains and the others wait, so that every rank uses the same weights.
     """
     path = classifier_path(datamodule, cache_dir)
+    if datamodule.seed != CLASSIFIER_DATA_SEED:
+        datamodule = datamodule.with_seed(CLASSIFIER_DATA_SEED)
     if rank_and_world()[0] == 0 and not path.is_file():
         train_classifier(datamodule, path, device)
     if is_distributed():

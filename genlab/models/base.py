@@ -20,6 +20,8 @@ class GenerativeModel(pl.LightningModule):
     family: ClassVar[str] = ""
     #: "exact", "bound", or None for families without a likelihood (bits/dim not applicable)
     likelihood: ClassVar[Optional[str]] = None
+    #: what the model's own steps log, as ``train/<name>`` and ``val/<name>``
+    step_metrics: ClassVar[tuple[str, ...]] = ("loss",)
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Module:
 class VAE(GenerativeModel):
     family = "vae"
     likelihood = "bound"
+    step_metrics = ("loss", "recon_bpd", "kl_bpd", "elbo_bpd")
 
     def __init__(
         self,
