@@ -21,7 +21,10 @@ from genlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Installed from a wheel, the configs ship as genlab/conf; in a checkout (and an editable
+# install) they are the repository's conf/.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 # One id per process: it is the same every time the run directory is resolved in this
 # process, and differs between two runs started in the same second.

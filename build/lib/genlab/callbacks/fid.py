@@ -1,0 +1,191 @@
+"""FID (optionally KID and IS) of a model's samples against a data split, as a Lightning callback.
+
+Every rank samples and extracts features for its share of fixed, seeded chunks
+(``genlab.metrics.distributed.map_chunks``); all features are gathered on every rank, so every
+rank computes the same value, and a 2-process run gives the same number as a 1-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import Tensor
+
+from genlab.errors import ConfigError, GenlabError
+from genlab.metrics.distributed import map_chunks
+from genlab.metrics.fid import (
+    EXTRACTORS,
+    FeatureExtractor,
+    build_feature_extractor,
+    check_extractor,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    reference_statistics,
+    statistics,
+)
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("GENLAB_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "genlab"))
+
+
+class FIDCallback(pl.Callback):
+    """Logs ``val/fid_<extractor>`` after validation epochs and ``test/fid_<extractor>`` after
+    testing (plus ``kid_<extractor>`` and ``isc_<extractor>`` when asked).
+
+    ``num_samples`` generated images are compared with the first ``num_samples`` images of the
+    split (reference statistics cached under ``cache_dir``). The model's sampler is
+    ``pl_module.sampler`` and the data is ``trainer.datamodule``.
+    """
+
+    def __init__(
+        self,
+        extractor: str = "classifier",
+        num_samples: int = 1000,
+        weights_path: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        every_n_epochs: int = 1,
+        chunk_size: int = 250,
+        seed: int = 1234,
+        kid: bool = False,
+        isc: bool = False,
+    ) -> None:
+        super().__init__()
+        if extractor not in EXTRACTORS:
+            raise ConfigError(
+                f"callbacks.fid.extractor={extractor} is unknown; choose one of {list(EXTRACTORS)}."
+            )
+        for key, value, least in (
+            ("num_samples", num_samples, 2),
+            ("every_n_epochs", every_n_epochs, 1),
+            ("chunk_size", chunk_size, 1),
+        ):
+            if int(value) < least:
+                raise ConfigError(f"callbacks.fid.{key}={value} must be an integer >= {least}.")
+        self.extractor_name = extractor
+        self.num_samples = int(num_samples)
+        self.weights_path = weights_path
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.every_n_epochs = int(every_n_epochs)
+        self.chunk_size = int(chunk_size)
+        self.seed = int(seed)
+        self.kid = kid
+        self.isc = isc
+        self.extractor: Optional[FeatureExtractor] = None
+        #: the last values computed, e.g. {"val/fid_classifier": 12.3}
+        self.last_metrics: dict[str, float] = {}
+
+    def check(self, datamodule: Any) -> None:
+        """Raise ConfigError now if FID cannot work with this datamodule (call before training).
+        For inception without ``weights_path`` this fetches the weights if they are not cached."""
+        check_extractor(self.extractor_name, datamodule, self.weights_path, self.isc)
+
+    def metric_names(self, model: Any) -> list[str]:
+        """The validation metrics this callback logs (for checking ``objective`` up front)."""
+        kinds = ["fid"] + ["kid"] * self.kid + ["isc"] * self.isc
+        return [f"val/{kind}_{self.extractor_name}" for kind in kinds]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = self._datamodule(trainer)
+        self._sampler(pl_module)  # fail before training, not after the first epoch
+        device = trainer.strategy.root_device
+        if self.extractor is None or self.extractor.device != device:
+            self._build(datamodule, device)
+
+    def _build(self, datamodule: Any, device: torch.device) -> None:
+        self.extractor = build_feature_extractor(
+            self.extractor_name, datamodule, self.cache_dir, self.weights_path, device, self.isc
+        )
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == TrainerFn.FITTING and (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._log(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
+        values = self.compute(pl_module, self._sampler(pl_module), self._datamodule(trainer), split)
+        for name, value in values.items():
+            # every rank holds the same value (all features are gathered), so no sync is needed
+            pl_module.log(name, value, rank_zero_only=False, sync_dist=False)
+
+    def compute(self, model: Any, sampler: Any, datamodule: Any, split: str) -> dict[str, float]:
+        """Sample ``num_samples`` images and measure them against ``split``; returns e.g.
+        ``{"val/fid_classifier": 12.3}``. Runs on every rank (collective under DDP)."""
+        if self.extractor is None:
+            self._build(datamodule, model.device)
+        extractor = self.extractor
+        start = time.perf_counter()
+        reference = reference_statistics(
+            extractor, datamodule, split, self.num_samples, self.cache_dir, self.chunk_size, self.kid
+        )
+        shape = (int(datamodule.channels), int(datamodule.image_size), int(datamodule.image_size))
+        conditional = getattr(model, "conditional", False) and int(getattr(model, "num_classes", 0)) > 0
+
+        def sample_features(lo: int, hi: int) -> Tensor:
+            # labels depend only on the positions, so they do not depend on the number of ranks
+            labels = None
+            if conditional:
+                labels = torch.arange(lo, hi, device=model.device) % model.num_classes
+            images = sampler.sample(model, hi - lo, labels=labels)
+            if images.dtype != torch.uint8 or tuple(images.shape) != (hi - lo, *shape):
+                raise GenlabError(
+                    f"{type(sampler).__name__} returned {images.dtype} {tuple(images.shape)}; FID "
+                    f"needs uint8 images of shape {(hi - lo, *shape)} (the dataset's)."
+                )
+            return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                gathered = map_chunks(self.num_samples, self.chunk_size, self.seed, sample_features)
+        finally:
+            model.train(was_training)
+
+        fid_dim = reference["mu"].shape[0]
+        features = gathered[:, :fid_dim]
+        name = extractor.name
+        values = {f"{split}/fid_{name}": frechet_distance(statistics(features), reference)}
+        if self.kid:
+            ref_features = torch.from_numpy(reference["features"])
+            values[f"{split}/kid_{name}"] = kernel_distance(features, ref_features, self.seed)
+        if extractor.isc_layer:
+            values[f"{split}/isc_{name}"] = inception_score(gathered[:, fid_dim:], self.seed)
+        log.info(
+            "%s (%d samples vs %d %s images, %s) in %.1fs",
+            ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
+            self.num_samples, reference["n"], split, extractor.key, time.perf_counter() - start,
+        )  # fmt: skip
+        self.last_metrics = values
+        return values
+
+    @staticmethod
+    def _sampler(pl_module: pl.LightningModule) -> Any:
+        sampler = getattr(pl_module, "sampler", None)
+        if sampler is None:
+            raise ConfigError(
+                f"FIDCallback needs the model's sampler: {type(pl_module).__name__} has no "
+                f"`sampler` attribute (genlab.train sets it from the `sampler` config group)."
+            )
+        return sampler
+
+    @staticmethod
+    def _datamodule(trainer: pl.Trainer) -> Any:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            raise ConfigError("FIDCallback needs a datamodule: pass one to the Trainer (datamodule=)")
+        return datamodule

@@ -1,0 +1,151 @@
+"""Config checks and instantiation shared by the entry points.
+
+Everything here runs before any training, so that a bad config fails in seconds with a
+message that names the key, what is wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from genlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Installed from a wheel, the configs ship as genlab/conf; in a checkout (and an editable
+# install) they are the repository's conf/.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+# One id per process: it is the same every time the run directory is resolved in this
+# process, and differs between two runs started in the same second.
+_RUN_ID = f"{os.getpid()}{secrets.token_hex(2)}"
+
+
+def _best_precision() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def wandb_offline() -> bool:
+    """Offline unless W&B credentials exist (WANDB_MODE, when set, decides)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+def _default_fid_extractor(dataset_name: str) -> str:
+    # The tiny embedded digits are far from Inception's domain; genlab's own classifier also
+    # needs no download, which keeps the default run offline.
+    return "classifier" if dataset_name == "digits" else "inception"
+
+
+def register_resolvers() -> None:
+    for name, fn in {
+        "genlab.run_id": lambda: _RUN_ID,
+        "genlab.best_precision": _best_precision,
+        "genlab.wandb_offline": wandb_offline,
+        "genlab.default_fid_extractor": _default_fid_extractor,
+    }.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if OmegaConf.is_missing(node, key):
+                found.append(path)
+            elif not OmegaConf.is_interpolation(node, key):
+                found += _missing_keys(node._get_node(key), path + ".")
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            found += _missing_keys(node._get_node(i), f"{prefix}{i}.")
+    return found
+
+
+def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
+    """Fail on a required key left as ??? or a value that does not resolve, naming the key."""
+    for section in sections:
+        if section not in cfg:
+            continue
+        missing = _missing_keys(cfg[section], f"{section}.")
+        if missing:
+            keys = ", ".join(missing)
+            example = missing[0]
+            raise ConfigError(
+                f"required config key(s) not set: {keys}. Set them on the command line, "
+                f"e.g. `{example}=...`."
+            )
+        try:
+            OmegaConf.to_container(cfg[section], resolve=True)
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None) or section
+            raise ConfigError(f"config key '{key}' cannot be resolved: {err.msg}") from None
+    for key in ("seed",):
+        if key in cfg and not isinstance(cfg[key], int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {cfg[key]!r}")
+
+
+def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate with errors that name the config key."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except Exception as err:  # Hydra wraps constructor errors; unwrap genlab's own
+        cause = err
+        while cause.__cause__ is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        from genlab.errors import GenlabError
+
+        if isinstance(cause, GenlabError):
+            raise cause from None
+        raise ConfigError(f"cannot build '{key}' from its config: {err}") from err
+
+
+def compatible_samplers(family: str) -> list[str]:
+    """Names of the sampler options (conf/sampler/*.yaml) that serve a model family."""
+    names = []
+    for path in sorted((CONF_DIR / "sampler").glob("*.yaml")):
+        target = OmegaConf.load(path).get("_target_")
+        if target is None:
+            continue
+        cls = hydra.utils.get_class(target)
+        if family in getattr(cls, "families", ()):
+            names.append(path.stem)
+    return names
+
+
+def build_sampler(cfg: Optional[DictConfig], model: Any) -> Any:
+    """Instantiate the sampler and refuse one that does not serve the model's family."""
+    if cfg is None:
+        raise ConfigError("no sampler chosen: set `sampler=NAME` "
+                          f"(for this model: {', '.join(compatible_samplers(model.family))})")
+    sampler = instantiate(cfg, "sampler")
+    sampler.check(model, compatible_samplers(model.family))
+    return sampler
+
+
+def build_named(cfg: Optional[DictConfig], key: str) -> list[Any]:
+    """Instantiate every entry of a dict of configs (callbacks, loggers); null entries are off."""
+    if not cfg:
+        return []
+    return [instantiate(sub, f"{key}.{name}") for name, sub in cfg.items() if sub is not None]

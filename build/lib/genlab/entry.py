@@ -1,0 +1,118 @@
+"""What the three entry points share: building the trainer and reporting failures."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from genlab.callbacks.run import RunRecorder
+from genlab.config import build_named, check_config
+from genlab.errors import GenlabError, RunDirectoryInUse
+from genlab.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("genlab")
+
+
+def build_callbacks(cfg: DictConfig, datamodule: Any) -> list[pl.Callback]:
+    """The callbacks of ``cfg.callbacks``, each checked against the data before any work."""
+    callbacks = build_named(cfg.get("callbacks"), "callbacks")
+    for callback in callbacks:
+        if hasattr(callback, "check"):
+            callback.check(datamodule)
+    return callbacks
+
+
+def build_trainer(
+    cfg: DictConfig, callbacks: list[pl.Callback], output_dir: Path
+) -> tuple[pl.Trainer, RunRecorder]:
+    """A Lightning Trainer from ``cfg.trainer`` (passed straight through) with the callbacks,
+    the loggers of ``cfg.logger`` and the run recorder that writes metrics.json."""
+    loggers = build_named(cfg.get("logger"), "logger")
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(container)
+    if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    _write_resolved_config(output_dir, container)
+    recorder = RunRecorder(output_dir, container)
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=[*callbacks, recorder],
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+    )
+    return trainer, recorder
+
+
+@rank_zero_only
+def _write_resolved_config(output_dir: Path, container: dict) -> None:
+    """Every value as this run used it (.hydra/config.yaml keeps the interpolations)."""
+    atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
+
+
+def finish_loggers(trainer: pl.Trainer) -> None:
+    """Flush W&B so its (offline) run files are complete when the entry point returns."""
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and rank_zero_only.rank == 0:
+        import wandb
+
+        wandb.finish()
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@rank_zero_only
+def _mark_failed(output_dir: Path, err: BaseException) -> None:
+    """FAILED.json with the error; a metrics.json written before the failure says so too."""
+    atomic_write_json(
+        output_dir / "FAILED.json",
+        {"status": "failed", "error": type(err).__name__, "message": str(err),
+         "traceback": traceback.format_exc()},
+    )
+    metrics = output_dir / "metrics.json"
+    if metrics.is_file():
+        atomic_write_json(metrics, {**json.loads(metrics.read_text()), "status": "failed"})
+
+
+def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> Callable[[DictConfig], Any]:
+    """Wrap a plain ``fn(cfg)`` for ``hydra.main``: check the config first; on any error record
+    ``FAILED.json`` in the run directory (so it never looks like a result) and, for genlab's
+    own errors, print one clear line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def run(cfg: DictConfig) -> Any:
+        output_dir = Path(cfg.paths.output_dir)
+        try:
+            check_config(cfg, sections)
+            result = fn(cfg)
+        except GenlabError as err:
+            if not isinstance(err, RunDirectoryInUse):
+                _mark_failed(output_dir, err)
+            log.error("%s", err)
+            if _in_multirun():  # Hydra records the failed job and runs the rest of the sweep
+                raise
+            print(f"genlab: error: {err}", file=sys.stderr)
+            sys.exit(1)
+        except BaseException as err:
+            _mark_failed(output_dir, err)
+            raise
+        if rank_zero_only.rank == 0:  # a later success supersedes an earlier failure here
+            (output_dir / "FAILED.json").unlink(missing_ok=True)
+        return result
+
+    return run

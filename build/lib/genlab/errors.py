@@ -1,0 +1,21 @@
+"""Errors that stop a run before work is wasted. Each message names the key or file and the fix."""
+
+
+class GenlabError(Exception):
+    """Base class: the entry points print these as one clear line instead of a traceback."""
+
+
+class ConfigError(GenlabError):
+    """A config key is missing, unknown or has a value that cannot work."""
+
+
+class DataError(GenlabError):
+    """A dataset cannot be found, read or downloaded."""
+
+
+class CheckpointError(GenlabError):
+    """A checkpoint path does not exist or is not a genlab checkpoint."""
+
+
+class RunDirectoryInUse(ConfigError):
+    """The run directory already holds a run; nothing may be written into it."""

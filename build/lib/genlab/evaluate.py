@@ -1,0 +1,48 @@
+"""genlab-eval ckpt=PATH: FID and bits/dim of a checkpoint, written to metrics.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.config import CONF_DIR, build_sampler, check_config, instantiate
+from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers
+from genlab.errors import ConfigError
+
+log = logging.getLogger("genlab")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    if cfg.split not in ("val", "test"):
+        raise ConfigError(f"split={cfg.split!r}: use split=val or split=test")
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint = read_checkpoint(cfg.ckpt)
+    cfg = with_trained_run(checkpoint, cfg)
+    check_config(cfg, ("dataset", "model", "sampler", "callbacks"))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.dataset, "dataset")
+    datamodule.check()
+    model = load_model(checkpoint, cfg.model)
+    model.sampler = build_sampler(cfg.sampler, model)
+    trainer, recorder = build_trainer(cfg, build_callbacks(cfg, datamodule), output_dir)
+
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    run(model, datamodule=datamodule)
+    recorder.finish("completed")
+    finish_loggers(trainer)
+    log.info("metrics of %s: %s (in %s)", cfg.ckpt, recorder.final, output_dir / "metrics.json")
+    return recorder.final
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return entry_point(evaluate, ("sampler", "logger", "trainer"))(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from genlab.models.base import GenerativeModel
+
+__all__ = ["GenerativeModel"]

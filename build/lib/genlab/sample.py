@@ -1,0 +1,58 @@
+"""genlab-sample ckpt=PATH n=64: a PNG grid and an .npz of samples from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from genlab.callbacks.samples import save_grid
+from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.config import CONF_DIR, build_sampler, check_config
+from genlab.entry import entry_point
+from genlab.errors import ConfigError
+from genlab.utils import seeded
+
+log = logging.getLogger("genlab")
+
+
+def sample(cfg: DictConfig) -> Path:
+    if not isinstance(cfg.n, int) or cfg.n < 1:
+        raise ConfigError(f"n={cfg.n!r}: the number of samples must be a positive integer")
+    output_dir = Path(cfg.paths.output_dir)
+    checkpoint = read_checkpoint(cfg.ckpt)
+    cfg = with_trained_run(checkpoint, cfg)
+    check_config(cfg, ("model", "sampler"))
+    model = load_model(checkpoint, cfg.model)
+    if cfg.trainer.accelerator in ("gpu", "auto") and torch.cuda.is_available():
+        model = model.cuda()
+    sampler = build_sampler(cfg.sampler, model)
+    if cfg.classes is not None:
+        if not getattr(model, "conditional", False):
+            raise ConfigError("classes= was given but the checkpoint's model is not conditional")
+        sampler.classes = list(cfg.classes)
+    labels = sampler.labels_for(model, cfg.n)
+    with seeded(cfg.seed):
+        images = sampler.sample(model, cfg.n, labels).cpu()
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_grid(images, output_dir / "samples.png", nrow=cfg.nrow)
+    arrays = {"images": images.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    np.savez_compressed(output_dir / "samples.npz", **arrays)
+    log.info("wrote %d samples to %s (samples.png, samples.npz)", cfg.n, output_dir)
+    return output_dir
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
+def main(cfg: DictConfig) -> None:
+    entry_point(sample, ())(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from genlab.samplers.base import Sampler
+
+__all__ = ["Sampler"]
