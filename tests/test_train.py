@@ -244,3 +244,14 @@ def test_uniform_model_is_exactly_8_bits_per_dim_through_the_callback():
                          enable_checkpointing=False)
     trainer.validate(Uniform((1, 8, 8)), datamodule=DigitsDataModule(), verbose=False)
     assert trainer.callback_metrics["val/bpd"].item() == pytest.approx(8.0, abs=1e-6)
+
+
+def test_resuming_from_a_checkpoint_carries_the_metric_history_on(digits_run, tmp_path):
+    out, _ = digits_run
+    before = json.loads((out / "metrics.json").read_text())
+    cfg = compose_cfg(overrides=[*FAST, "trainer.max_epochs=4", "logger=none", "callbacks.fid=null",
+                                 f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], output_dir=tmp_path)
+    train(cfg)
+    after = json.loads((tmp_path / "metrics.json").read_text())
+    assert after["best"]["val/bpd"] <= before["best"]["val/bpd"]
+    assert after["best"]["val/fid_classifier"] == before["best"]["val/fid_classifier"]  # from before resuming
