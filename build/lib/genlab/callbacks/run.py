@@ -86,4 +86,14 @@ class RunRecorder(pl.Callback):
             "version": genlab.__version__,
             "family": pl_module.family,
             "config": self.config,
+            "metrics": {"final": dict(self.final), "best": dict(self.best)},
         }
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Resuming a fit carries the history on; testing a checkpoint must not roll it back.
+        metrics = checkpoint.get("genlab", {}).get("metrics")
+        if metrics and trainer.state.fn == "fit":
+            self.final.update(metrics["final"])
+            self.best.update(metrics["best"])
