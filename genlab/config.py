@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,8 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
         return hydra.utils.instantiate(node, **kwargs)
     except Exception as err:  # Hydra wraps constructor errors; unwrap genlab's own
         cause = err
-        while cause.__cause__ is not None and not isinstance(cause, ConfigError):
+        while cause.__cause__ is not None and not isinstance(cause, GenlabError):
             cause = cause.__cause__
-        from genlab.errors import GenlabError
-
         if isinstance(cause, GenlabError):
             raise cause from None
         raise ConfigError(f"cannot build '{key}' from its config: {err}") from err
