@@ -1,3 +1,0 @@
-from genlab.models.base import GenerativeModel
-
-__all__ = ["GenerativeModel"]

@@ -1,3 +1,0 @@
-from genlab.samplers.base import Sampler
-
-__all__ = ["Sampler"]
