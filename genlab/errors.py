@@ -19,3 +19,7 @@ class CheckpointError(GenlabError):
 
 class RunDirectoryInUse(ConfigError):
     """The run directory already holds a run; nothing may be written into it."""
+
+
+class TrainingDiverged(GenlabError):
+    """A loss became NaN or inf; the run stops at that step and keeps its last good checkpoint."""

@@ -8,6 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from genlab.errors import TrainingDiverged
+
 
 class GenerativeModel(pl.LightningModule):
     """Base LightningModule of every family.
@@ -53,3 +55,25 @@ class GenerativeModel(pl.LightningModule):
             return optimizer
         scheduler = self._scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def check_finite(self, **terms: Tensor) -> None:
+        """Stop the run with a clear message when any loss term is NaN or inf.
+
+        Families call this in ``training_step`` with their named loss terms before the backward
+        pass; ``on_before_backward`` calls it with the total loss for any family that does not.
+        All ranks take the same decision, so under DDP no rank is left waiting in a collective.
+        """
+        finite = all(bool(torch.isfinite(v.detach()).all()) for v in terms.values())
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        values = ", ".join(f"{name}={float(v.detach().float().mean()):.4g}" for name, v in terms.items())
+        raise TrainingDiverged(
+            f"the training loss is not finite at step {self.global_step} (epoch {self.current_epoch}): "
+            f"{values}. The run stops here; the last checkpoint written before this step is kept. "
+            "Lower optimizer.lr, set trainer.gradient_clip_val, or check the data for bad values."
+        )
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        self.check_finite(loss=loss)
