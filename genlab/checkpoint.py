@@ -1,16 +1,20 @@
-"""Loading genlab checkpoints written elsewhere (eval, sample)."""
+"""Saving checkpoints safely, and loading genlab checkpoints written elsewhere (eval, sample)."""
 
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genlab.config import instantiate
 from genlab.errors import CheckpointError
 from genlab.models.base import GenerativeModel
+from genlab.utils import atomic_file
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -60,3 +64,25 @@ def load_model(checkpoint: dict[str, Any], model_cfg: DictConfig) -> GenerativeM
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     return model
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place, so a crash or a full
+    disk while saving leaves the previous checkpoint intact and loadable."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):  # remote storage (fsspec): Lightning's own writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        try:
+            with atomic_file(path, "wb") as file:
+                torch.save(checkpoint, file)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            free_mb = shutil.disk_usage(path.parent).free / 2**20
+            raise CheckpointError(
+                f"out of disk space while saving the checkpoint {path} ({free_mb:.0f} MiB free on "
+                f"{path.parent}); the previous checkpoint there is kept. Free some space (or point "
+                "paths.log_dir at a larger disk) and re-run the same command to resume."
+            ) from None

@@ -62,7 +62,8 @@ def register_resolvers() -> None:
         "genlab.default_fid_extractor": _default_fid_extractor,
     }.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            # cached: a requeued job (a new process) resolves the run directory it started with
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "genlab.run_id")
 
 
 register_resolvers()

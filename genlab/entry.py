@@ -16,9 +16,11 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from genlab.callbacks.resume import Preemption, ResumeState
 from genlab.callbacks.run import RunRecorder
+from genlab.checkpoint import AtomicCheckpointIO
 from genlab.config import build_named, check_config
-from genlab.errors import GenlabError, RunDirectoryInUse
+from genlab.errors import GenlabError, Preempted, RunDirectoryInUse
 from genlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("genlab")
@@ -46,11 +48,13 @@ def build_trainer(
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     _write_resolved_config(output_dir, container)
     recorder = RunRecorder(output_dir, container)
+    preemption = Preemption(output_dir / "checkpoints" / "last.ckpt", lambda: recorder.finish("preempted"))
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
-        callbacks=[*callbacks, recorder],
+        callbacks=[ResumeState(output_dir), *callbacks, recorder, preemption],
         logger=loggers or False,
         default_root_dir=str(output_dir),
+        plugins=[AtomicCheckpointIO()],
     )
     return trainer, recorder
 
@@ -101,7 +105,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             check_config(cfg, sections)
             result = fn(cfg)
         except GenlabError as err:
-            if not isinstance(err, RunDirectoryInUse):
+            if not isinstance(err, (RunDirectoryInUse, Preempted)):
                 _mark_failed(output_dir, err)
             log.error("%s", err)
             if _in_multirun():  # Hydra records the failed job and runs the rest of the sweep

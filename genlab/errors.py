@@ -23,3 +23,7 @@ class RunDirectoryInUse(ConfigError):
 
 class TrainingDiverged(GenlabError):
     """A loss became NaN or inf; the run stops at that step and keeps its last good checkpoint."""
+
+
+class Preempted(GenlabError):
+    """The cluster warned that the job will be stopped; the run checkpointed and stopped."""

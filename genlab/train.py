@@ -10,28 +10,13 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.config import CONF_DIR, build_sampler, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers
-from genlab.errors import ConfigError, RunDirectoryInUse
+from genlab.errors import ConfigError
+from genlab.resume import plan_start, reuse_logger_ids
 
 log = logging.getLogger("genlab")
-
-
-def refuse_to_overwrite(output_dir: Path, resuming: bool) -> None:
-    """A finished or running run's results are never overwritten by a new one."""
-    if resuming or rank_zero_only.rank != 0:
-        return
-    checkpoints = output_dir / "checkpoints"
-    found = [p.name for p in (output_dir / "metrics.json", checkpoints) if p.is_file()]
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
-        found.append("checkpoints/")
-    if found:
-        raise RunDirectoryInUse(
-            f"the run directory {output_dir} already holds a run ({', '.join(found)}); start a "
-            "new one (leave hydra.run.dir to its default) or resume it with ckpt_path=PATH"
-        )
 
 
 def check_objective(cfg: DictConfig, model: pl.LightningModule, callbacks: list[pl.Callback]) -> None:
@@ -50,9 +35,18 @@ def check_objective(cfg: DictConfig, model: pl.LightningModule, callbacks: list[
 
 
 def train(cfg: DictConfig) -> Optional[float]:
-    """Build everything (each piece checked before any training), fit, test, report."""
+    """Build everything (each piece checked before any training), fit, test, report.
+
+    Re-running the same command in the same run directory resumes it (``genlab.resume``).
+    """
     output_dir = Path(cfg.paths.output_dir)
-    refuse_to_overwrite(output_dir, resuming=cfg.get("ckpt_path") is not None)
+    plan = plan_start(output_dir, cfg)
+    if plan.action == "completed":
+        value = plan.metrics.get("best", {}).get(cfg.objective, float("nan"))
+        log.info("the run in %s is already completed (objective %s = %s): nothing to do",
+                 output_dir, cfg.objective, value)
+        return value
+    reuse_logger_ids(cfg, plan.previous)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.dataset, "dataset")
@@ -63,7 +57,9 @@ def train(cfg: DictConfig) -> Optional[float]:
     check_objective(cfg, model, callbacks)
     trainer, recorder = build_trainer(cfg, callbacks, output_dir)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if plan.action == "resume":
+        log.info("resuming the run in %s from %s", output_dir, plan.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path)
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback
         best = isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path

@@ -143,16 +143,3 @@ def test_cli_unknown_option_lists_the_choices(tmp_path):
     assert "model/nosuchmodel" in result.stderr and "Available options" in result.stderr
     assert "vae" in result.stderr
     assert not list(tmp_path.rglob("metrics.json"))
-
-
-def test_a_finished_run_is_never_overwritten(tmp_path, capsys):
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"precious")
-    (tmp_path / "metrics.json").write_text('{"status": "completed"}')
-    cfg = compose_cfg(overrides=["logger=none"], output_dir=tmp_path)
-    with pytest.raises(SystemExit):
-        entry_point(train, TRAIN_SECTIONS)(cfg)
-    assert "already holds a run" in capsys.readouterr().err
-    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == b"precious"
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"status": "completed"}
-    assert not (tmp_path / "FAILED.json").exists()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms.v2 import functional as F
 
 from genlab.errors import DataError
@@ -61,6 +62,22 @@ def convert_images(images: Tensor, channels: int, image_size: int, chunk: int = 
             x = F.center_crop(x, [image_size, image_size])
         parts.append(x.contiguous())
     return torch.cat(parts)
+
+
+class EpochShuffle(RandomSampler):
+    """A random order that depends only on the seed and the epoch (Lightning calls
+    ``set_epoch``), not on how many random numbers were drawn before."""
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int = 0) -> None:
+        super().__init__(dataset)
+        self.seed, self.epoch = seed, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
 
 
 def _is_int(value: Any) -> bool:
@@ -218,10 +235,14 @@ class ImageDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ dataloaders
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.split_dataset(split),
+        # Stateful (a checkpoint records the position in the epoch) and shuffled by the seed and
+        # epoch alone: a resumed run continues with the very batches it would have seen.
+        dataset = self.split_dataset(split)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return StatefulDataLoader(
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(dataset, self.seed, epoch) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -129,6 +129,8 @@ class VAE(GenerativeModel):
         to_bpd = 1.0 / (self.num_dims * LOG2)
         loss = (recon + self.beta * kl).mean() * to_bpd
         on_step = stage == "train"
+        if on_step:
+            self.check_finite(loss=loss, recon=recon, kl=kl)
         self.log_dict(
             {
                 f"{stage}/loss": loss,

@@ -1,0 +1,151 @@
+"""Automatic resume: re-running a command in a run directory carries that run on.
+
+A run directory is in one of three states, read from what the run left there:
+
+* new (nothing of a run in it): start from step 0;
+* unfinished (``metrics.json`` says running, preempted or failed): resume from
+  ``checkpoints/last.ckpt`` with the same W&B run id, after checking that the config is the
+  run's own; an unfinished run without any checkpoint starts over, and says so;
+* completed: nothing to train; the recorded objective is returned (a re-run sweep skips its
+  finished jobs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
+
+from genlab.errors import RunDirectoryInUse
+from genlab.utils import atomic_write_text
+
+log = logging.getLogger("genlab")
+
+#: config keys that may change between the attempts of one run (extending or re-logging it)
+MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar",
+              "logger", "paths", "tags", "test", "ckpt_path", "hardware", "hydra")
+
+
+@dataclass
+class StartPlan:
+    """What ``train`` does in its run directory."""
+
+    action: str  # "new", "resume" or "completed"
+    ckpt_path: Optional[str] = None
+    #: the previous attempt's resolved config (resume and completed)
+    previous: Optional[dict[str, Any]] = None
+    #: metrics.json of the previous attempt (completed)
+    metrics: Optional[dict[str, Any]] = None
+
+
+def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
+    """Decide from the run directory's contents whether to start, resume or stop."""
+    explicit = cfg.get("ckpt_path")
+    metrics_file = output_dir / "metrics.json"
+    last = output_dir / "checkpoints" / "last.ckpt"
+    holds_run = metrics_file.is_file() or last.is_file()
+    if explicit is not None:
+        if holds_run:
+            raise RunDirectoryInUse(
+                f"ckpt_path={explicit} starts a new run from that checkpoint, but the run directory "
+                f"{output_dir} already holds a run. Leave hydra.run.dir to its default, or drop "
+                "ckpt_path= to resume the run in that directory from its own last checkpoint."
+            )
+        return StartPlan("new", ckpt_path=str(explicit))
+    if not holds_run:
+        return StartPlan("new")
+
+    metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
+    previous = _read_previous_config(output_dir)
+    if previous is not None:
+        check_same_run(previous, cfg, output_dir)
+    if metrics.get("status") == "completed":
+        return StartPlan("completed", previous=previous, metrics=metrics)
+    if last.is_file():
+        return StartPlan("resume", ckpt_path=str(last), previous=previous)
+    log.warning(
+        "the run directory %s holds an unfinished run (status %s) without a checkpoint to resume "
+        "from: starting it over from step 0", output_dir, metrics.get("status", "unknown"))
+    return StartPlan("new", previous=previous)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirectoryInUse(
+            f"{path} cannot be read ({err}); the run directory holds a run genlab cannot resume. "
+            "Start a new run (leave hydra.run.dir to its default)."
+        ) from None
+
+
+def _read_previous_config(output_dir: Path) -> Optional[dict[str, Any]]:
+    path = output_dir / "config_resolved.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def check_same_run(previous: dict[str, Any], cfg: DictConfig, output_dir: Path) -> None:
+    """A run is resumed only with its own config: a changed model, dataset, seed or optimizer
+    would silently splice two different experiments together."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    old, new = _flat(previous), _flat(current)
+    changed = sorted(
+        key for key in old.keys() | new.keys()
+        if old.get(key) != new.get(key) and not any(key == m or key.startswith(m + ".") for m in MAY_CHANGE)
+    )
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise RunDirectoryInUse(
+            f"the run directory {output_dir} holds a run with a different config ({shown}"
+            f"{'; ...' if len(changed) > 8 else ''}). Re-run the original command to resume it, or "
+            "start a new run (leave hydra.run.dir to its default)."
+        )
+
+
+def reuse_logger_ids(cfg: DictConfig, previous: Optional[dict[str, Any]]) -> None:
+    """The W&B run id: the previous attempt's (a resume continues the same W&B run), else new."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or wandb_cfg.get("id"):
+        return
+    old_id = ((previous or {}).get("logger") or {}).get("wandb", {}).get("id")
+    if old_id is None:
+        import wandb.util
+
+        old_id = wandb.util.generate_id()
+    with open_dict(cfg):
+        cfg.logger.wandb.id = old_id
+
+
+@rank_zero_only
+def truncate_csv_history(output_dir: Path, step: int) -> None:
+    """Drop the CSV logger's rows logged after the checkpoint a run resumes from: the resumed
+    run logs those steps again, so each step appears exactly once."""
+    for path in output_dir.glob("csv/**/metrics.csv"):
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            fields, rows = reader.fieldnames or [], list(reader)
+        kept = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) < step]
+        if len(kept) == len(rows):
+            continue
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_text(path, text.getvalue())
+        log.info("resume: dropped %d rows logged after step %d from %s", len(rows) - len(kept), step, path)

@@ -1,0 +1,183 @@
+"""Runs that lose nothing: automatic resume, preemption, atomic checkpoints, NaN stops."""
+
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import genlab.checkpoint
+from genlab.checkpoint import read_checkpoint
+from genlab.entry import entry_point
+from genlab.errors import CheckpointError, RunDirectoryInUse, TrainingDiverged
+from genlab.models.vae import VAE
+from genlab.train import train
+
+from conftest import compose_cfg
+
+TRAIN_SECTIONS = ("dataset", "model", "sampler", "callbacks", "logger", "trainer")
+# Validation every epoch, EMA on, a last.ckpt every 7 steps (an epoch of digits is 23 steps).
+RESUMABLE = ["dataset=digits", "model=vae", "seed=3", "logger=csv",
+             "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1",
+             "callbacks.fid=null", "callbacks.samples=null", "callbacks.lr_monitor=null",
+             "callbacks.bpd.max_examples=64", "callbacks.last_checkpoint.every_n_train_steps=7",
+             "test=false", "trainer.enable_progress_bar=false"]
+
+
+def cli(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "genlab.train", *RESUMABLE, *extra, f"hydra.run.dir={run_dir}"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+def history(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_exactly(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(cli(whole), env=env(), check=True, capture_output=True, timeout=600)
+
+    process = subprocess.Popen(cli(killed), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few more steps, logged but not checkpointed
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    status = json.loads((killed / "metrics.json").read_text())["status"] if (killed / "metrics.json").exists() else None
+    assert status != "completed", "the run finished before it could be killed"
+    killed_at = read_checkpoint(last)
+    assert killed_at["global_step"] < 5 * 23
+
+    rerun = subprocess.run(cli(killed), env=env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming the run" in (killed / "train.log").read_text()
+
+    expected, got = weights(whole), weights(killed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    final = lambda d: json.loads((d / "metrics.json").read_text())  # noqa: E731
+    assert final(killed)["status"] == "completed"
+    assert final(killed)["final"] == final(whole)["final"]
+    assert final(killed)["best"] == final(whole)["best"]
+    # Each step logged exactly once, with the same values as the uninterrupted run.
+    assert history(killed) == history(whole)
+
+
+@pytest.mark.slow
+def test_warning_signal_checkpoints_and_a_rerun_finishes_like_an_uninterrupted_run(tmp_path):
+    whole, warned = tmp_path / "whole", tmp_path / "warned"
+    subprocess.run(cli(whole), env=env(), check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(cli(warned), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (warned / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGUSR2)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1 and "preempted at step" in stderr, stderr[-3000:]
+    assert not (warned / "FAILED.json").exists()
+    metrics = json.loads((warned / "metrics.json").read_text())
+    assert metrics["status"] == "preempted"
+    stopped_at = read_checkpoint(warned / "checkpoints" / "last.ckpt")["global_step"]
+    assert 7 <= stopped_at < 5 * 23
+
+    subprocess.run(cli(warned), env=env(), check=True, capture_output=True, timeout=600)
+    for name, tensor in weights(whole).items():
+        assert torch.equal(tensor, weights(warned)[name]), name
+    assert json.loads((warned / "metrics.json").read_text())["final"] == json.loads((whole / "metrics.json").read_text())["final"]
+    assert history(warned) == history(whole)
+
+
+def test_a_completed_run_is_not_trained_again(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"precious")
+    (tmp_path / "metrics.json").write_text('{"status": "completed", "best": {"val/bpd": 3.5}}')
+    cfg = compose_cfg(overrides=["logger=none"], output_dir=tmp_path)
+    assert entry_point(train, TRAIN_SECTIONS)(cfg) == 3.5
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == b"precious"
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, capsys):
+    first = compose_cfg(overrides=["logger=none", "trainer.max_epochs=1", "callbacks=minimal",
+                                   "trainer.limit_train_batches=2", "test=false"], output_dir=tmp_path)
+    train(first)
+    (tmp_path / "metrics.json").write_text('{"status": "running"}')  # as if it had been killed
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    other = compose_cfg(overrides=["logger=none", "trainer.max_epochs=1", "callbacks=minimal",
+                                   "trainer.limit_train_batches=2", "test=false", "model.latent_dim=8"],
+                        output_dir=tmp_path)
+    with pytest.raises(SystemExit):
+        entry_point(train, TRAIN_SECTIONS)(other)
+    err = capsys.readouterr().err
+    assert "different config" in err and "model.latent_dim: 16 -> 8" in err
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert not (tmp_path / "FAILED.json").exists()
+
+
+def test_an_explicit_ckpt_path_never_writes_into_a_run(tmp_path):
+    (tmp_path / "metrics.json").write_text('{"status": "running"}')
+    cfg = compose_cfg(overrides=["logger=none", f"ckpt_path={tmp_path / 'x.ckpt'}"], output_dir=tmp_path)
+    with pytest.raises(RunDirectoryInUse, match="already holds a run"):
+        train(cfg)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = genlab.checkpoint.AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "genlab": {}}, path)
+
+    def crash_midway(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise RuntimeError("killed while saving")
+
+    monkeypatch.setattr(genlab.checkpoint.torch, "save", crash_midway)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "genlab": {}}, path)
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+    def disk_full(obj, file, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(genlab.checkpoint.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="out of disk space .* previous checkpoint there is kept"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "genlab": {}}, path)
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = VAE._neg_elbo_terms
+
+    def nan_from_step_12(self, x, y):
+        recon, kl = original(self, x, y)
+        if self.training and self.global_step >= 12:
+            recon = recon * float("nan")
+        return recon, kl
+
+    monkeypatch.setattr(VAE, "_neg_elbo_terms", nan_from_step_12)
+    cfg = compose_cfg(overrides=["logger=none", "callbacks=minimal", "trainer.max_epochs=3",
+                                 "callbacks.last_checkpoint.every_n_train_steps=5"], output_dir=tmp_path)
+    with pytest.raises(TrainingDiverged, match="not finite at step 12 .*loss=nan"):
+        train(cfg)
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 10
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
