@@ -238,11 +238,9 @@ def plot_objective(jobs: Sequence[Job], out: Path) -> list[Path]:
     return paths
 
 
-def plot_fid_vs_bpd(jobs: Sequence[Job], out: Path) -> list[Path]:
-    """FID against bits/dim, one point per job (test split, else val), coloured by model; one PNG
-    per FID extractor, since FIDs of different extractors are not comparable."""
-    import matplotlib.pyplot as plt
-
+def fid_bpd_points(jobs: Sequence[Job]) -> dict[str, list[tuple[str, float, float]]]:
+    """(model, bits/dim, FID) per job that measured both (test split, else val), by FID
+    extractor: FIDs of different extractors are not comparable."""
     by_extractor: dict[str, list[tuple[str, float, float]]] = {}
     for job in jobs:
         for split in ("test", "val"):
@@ -253,6 +251,14 @@ def plot_fid_vs_bpd(jobs: Sequence[Job], out: Path) -> list[Path]:
                 for extractor, fid in fids.items():
                     by_extractor.setdefault(extractor, []).append((job.model or "?", bpd, fid))
                 break
+    return by_extractor
+
+
+def plot_fid_vs_bpd(jobs: Sequence[Job], out: Path) -> list[Path]:
+    """One PNG per FID extractor: FID against bits/dim, one point per job, coloured by model."""
+    import matplotlib.pyplot as plt
+
+    by_extractor = fid_bpd_points(jobs)
     paths = []
     for extractor, points in sorted(by_extractor.items()):
         fig, ax = plt.subplots(figsize=(5, 3.5))
