@@ -226,7 +226,7 @@ def plot_objective(jobs: Sequence[Job], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         if all(x is not None for x in numbers):
             ax.scatter(numbers, [y for _, y in points])
-            if min(numbers) > 0 and max(numbers) >= 100 * min(numbers):
+            if min(numbers) > 0 and max(numbers) >= 10 * min(numbers):  # e.g. a learning rate
                 ax.set_xscale("log")
         else:
             labels = sorted({str(x) for x, _ in points}, key=_natural_key)
