@@ -54,12 +54,32 @@ def _default_fid_extractor(dataset_name: str) -> str:
     return "classifier" if dataset_name == "digits" else "inception"
 
 
+def sweep_group() -> Optional[str]:
+    """The sweep directory's name in a multirun job (the W&B group of the sweep's runs), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
+
+
+def optuna_direction(objective_mode: str) -> str:
+    """Optuna's study direction for ``objective_mode`` (min or max)."""
+    directions = {"min": "minimize", "max": "maximize"}
+    if objective_mode not in directions:
+        raise ConfigError(f"objective_mode={objective_mode!r}: use min or max")
+    return directions[objective_mode]
+
+
 def register_resolvers() -> None:
     for name, fn in {
         "genlab.run_id": lambda: _RUN_ID,
         "genlab.best_precision": _best_precision,
         "genlab.wandb_offline": wandb_offline,
         "genlab.default_fid_extractor": _default_fid_extractor,
+        "genlab.sweep_group": sweep_group,
+        "genlab.optuna_direction": optuna_direction,
     }.items():
         if not OmegaConf.has_resolver(name):
             # cached: a requeued job (a new process) resolves the run directory it started with

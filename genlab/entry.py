@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -82,7 +83,8 @@ def _in_multirun() -> bool:
 
 @rank_zero_only
 def _mark_failed(output_dir: Path, err: BaseException) -> None:
-    """FAILED.json with the error; a metrics.json written before the failure says so too."""
+    """FAILED.json with the error; a metrics.json written before the failure says so too; an
+    open W&B run is closed as failed (the next job of a sweep in this process gets its own)."""
     atomic_write_json(
         output_dir / "FAILED.json",
         {"status": "failed", "error": type(err).__name__, "message": str(err),
@@ -91,12 +93,25 @@ def _mark_failed(output_dir: Path, err: BaseException) -> None:
     metrics = output_dir / "metrics.json"
     if metrics.is_file():
         atomic_write_json(metrics, {**json.loads(metrics.read_text()), "status": "failed"})
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        try:
+            wandb.finish(exit_code=1)
+        except Exception as finish_err:  # never hide the job's own error behind this one
+            log.warning("could not close the W&B run: %s", finish_err)
 
 
 def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> Callable[[DictConfig], Any]:
     """Wrap a plain ``fn(cfg)`` for ``hydra.main``: check the config first; on any error record
-    ``FAILED.json`` in the run directory (so it never looks like a result) and, for genlab's
-    own errors, print one clear line instead of a traceback."""
+    ``FAILED.json`` in the run directory (so it never looks like a result).
+
+    A single run prints genlab's own errors as one clear line (exit status 1) and lets any other
+    error raise. A job of a sweep (multirun) that fails with any Exception is recorded, logged,
+    and returns None, so that the sweep runs on: Hydra's basic sweeper starts the next job and
+    Optuna's sweeper records a failed trial. (None, not NaN: optuna 2.10 cannot mark a trial
+    that returned NaN as failed and the sweep would crash.) The sweep's summary and exit status
+    come from ``genlab.report.SweepSummary`` at its end.
+    """
 
     @functools.wraps(fn)
     def run(cfg: DictConfig) -> Any:
@@ -104,19 +119,28 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
         try:
             check_config(cfg, sections)
             result = fn(cfg)
-        except GenlabError as err:
+        except Exception as err:
+            # a refused run directory is not this run's failure; a preempted run is resumable
             if not isinstance(err, (RunDirectoryInUse, Preempted)):
                 _mark_failed(output_dir, err)
-            log.error("%s", err)
-            if _in_multirun():  # Hydra records the failed job and runs the rest of the sweep
+            if _in_multirun():
+                log.error("job failed, the sweep runs on: %s: %s (%s)", type(err).__name__, err, output_dir,
+                          exc_info=not isinstance(err, GenlabError))
+                return None
+            if not isinstance(err, GenlabError):
                 raise
+            log.error("%s", err)
             print(f"genlab: error: {err}", file=sys.stderr)
             sys.exit(1)
-        except BaseException as err:
+        except SystemExit:  # submitit's requeue after a preemption checkpoint: not a failure
+            raise
+        except BaseException as err:  # interrupted: recorded, and the sweep stops too
             _mark_failed(output_dir, err)
             raise
         if rank_zero_only.rank == 0:  # a later success supersedes an earlier failure here
             (output_dir / "FAILED.json").unlink(missing_ok=True)
+        if _in_multirun() and isinstance(result, float) and math.isnan(result):
+            return None  # no objective measured: a failed trial for Optuna, not a crashed study
         return result
 
     return run

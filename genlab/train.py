@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     objective = recorder.best.get(cfg.objective)
     if objective is None:
         # The run is complete, but the metric a sweeper optimises was never measured (e.g. no
-        # validation ran): NaN makes Optuna mark the trial failed rather than crash the sweep.
+        # validation ran): NaN here; in a sweep entry_point turns it into a failed trial.
         log.warning(
             "objective=%s was never logged (did a validation run? trainer.check_val_every_n_epoch=%s); "
             "logged metrics: %s", cfg.objective, cfg.trainer.get("check_val_every_n_epoch"), sorted(recorder.final))
