@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -125,9 +126,7 @@ def reuse_logger_ids(cfg: DictConfig, previous: Optional[dict[str, Any]]) -> Non
         return
     old_id = ((previous or {}).get("logger") or {}).get("wandb", {}).get("id")
     if old_id is None:
-        import wandb.util
-
-        old_id = wandb.util.generate_id()
+        old_id = secrets.token_hex(6)  # W&B run ids: up to 64 characters of [a-z0-9]
     with open_dict(cfg):
         cfg.logger.wandb.id = old_id
 
