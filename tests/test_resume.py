@@ -86,7 +86,9 @@ def test_kill_9_then_rerun_resumes_exactly(tmp_path):
 def test_warning_signal_checkpoints_and_a_rerun_finishes_like_an_uninterrupted_run(tmp_path):
     whole, warned = tmp_path / "whole", tmp_path / "warned"
     subprocess.run(cli(whole), env=env(), check=True, capture_output=True, timeout=600)
-    process = subprocess.Popen(cli(warned), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with_wandb = "logger=[csv,wandb]"
+    process = subprocess.Popen(cli(warned, with_wandb), env=env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (warned / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
         time.sleep(0.01)
@@ -99,7 +101,10 @@ def test_warning_signal_checkpoints_and_a_rerun_finishes_like_an_uninterrupted_r
     stopped_at = read_checkpoint(warned / "checkpoints" / "last.ckpt")["global_step"]
     assert 7 <= stopped_at < 5 * 23
 
-    subprocess.run(cli(warned), env=env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(cli(warned, with_wandb), env=env(), check=True, capture_output=True, timeout=600)
+    # the resumed attempt continues the same W&B run: two offline segments, one run id
+    segments = sorted((warned / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1
     for name, tensor in weights(whole).items():
         assert torch.equal(tensor, weights(warned)[name]), name
     assert json.loads((warned / "metrics.json").read_text())["final"] == json.loads((whole / "metrics.json").read_text())["final"]
@@ -181,3 +186,34 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     checkpoint = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 10
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_submitit_jobs_checkpoint_on_the_warning_signal_requeue_and_finish(tmp_path):
+    """Hydra's submitit launcher with its local executor: real job processes, two jobs. Both get
+    the warning signal mid-training, checkpoint, requeue, resume and end as if never interrupted."""
+    longer = "trainer.max_epochs=10"
+    whole, sweep = tmp_path / "whole", tmp_path / "sweep"
+    subprocess.run(cli(whole, longer), env=env(), check=True, capture_output=True, timeout=600)
+    command = [sys.executable, "-m", "genlab.train", "-m", *RESUMABLE, longer, "seed=3,4",
+               "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep}"]
+    sweep_process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    jobs = [sweep / "0", sweep / "1"]
+    deadline = time.time() + 300
+    while not all((job / "checkpoints" / "last.ckpt").exists() for job in jobs) and time.time() < deadline:
+        time.sleep(0.01)
+    found = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"], capture_output=True, text=True)
+    pids = [int(pid) for pid in found.stdout.split()]
+    assert len(pids) == 2, found
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)
+    _, stderr = sweep_process.communicate(timeout=600)
+    assert sweep_process.returncode == 0, stderr[-3000:]
+    for job in jobs:
+        log = (job / "train.log").read_text()
+        assert "preempted at step" in log and "resuming the run" in log
+        assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
+    for name, tensor in weights(whole).items():
+        assert torch.equal(tensor, weights(jobs[0])[name]), name
+    assert json.loads((jobs[0] / "metrics.json").read_text())["final"] == json.loads((whole / "metrics.json").read_text())["final"]
+    assert history(jobs[0]) == history(whole)
