@@ -74,7 +74,7 @@ def finish_loggers(trainer: pl.Trainer) -> None:
         wandb.finish()
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -123,7 +123,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             # a refused run directory is not this run's failure; a preempted run is resumable
             if not isinstance(err, (RunDirectoryInUse, Preempted)):
                 _mark_failed(output_dir, err)
-            if _in_multirun():
+            if in_multirun():
                 log.error("job failed, the sweep runs on: %s: %s (%s)", type(err).__name__, err, output_dir,
                           exc_info=not isinstance(err, GenlabError))
                 return None
@@ -139,7 +139,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             raise
         if rank_zero_only.rank == 0:  # a later success supersedes an earlier failure here
             (output_dir / "FAILED.json").unlink(missing_ok=True)
-        if _in_multirun() and isinstance(result, float) and math.isnan(result):
+        if in_multirun() and isinstance(result, float) and math.isnan(result):
             return None  # no objective measured: a failed trial for Optuna, not a crashed study
         return result
 

@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from genlab.config import CONF_DIR, build_sampler, instantiate
-from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers
+from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, in_multirun
 from genlab.errors import ConfigError
 from genlab.resume import plan_start, reuse_logger_ids
 
 log = logging.getLogger("genlab")
+
+
+@contextlib.contextmanager
+def ddp_ranks_run_this_job(output_dir: Path) -> Iterator[None]:
+    """Lightning starts the other DDP ranks by re-running this process's command line plus
+    ``hydra.run.dir``. In a sweep (``-m``) that would start the whole sweep again in each rank:
+    give them this job's own overrides and directory instead, as in a single run. Afterwards the
+    process group and Lightning's environment variables go, so the next job of the sweep (in
+    this same process) starts its own ranks."""
+    if not in_multirun():
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    argv, run_dir, environ = sys.argv, hydra_cfg.run.dir, dict(os.environ)
+    sys.argv = [argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = str(output_dir)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = run_dir
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def check_objective(cfg: DictConfig, model: pl.LightningModule, callbacks: list[pl.Callback]) -> None:
@@ -59,12 +91,13 @@ def train(cfg: DictConfig) -> Optional[float]:
 
     if plan.action == "resume":
         log.info("resuming the run in %s from %s", output_dir, plan.ckpt_path)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path)
-    if cfg.get("test"):
-        checkpoint = trainer.checkpoint_callback
-        best = isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path
-        log.info("testing %s", f"the best checkpoint {best}" if best else "the final weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+    with ddp_ranks_run_this_job(output_dir):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+        if cfg.get("test"):
+            checkpoint = trainer.checkpoint_callback
+            best = isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path
+            log.info("testing %s", f"the best checkpoint {best}" if best else "the final weights")
+            trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
     recorder.finish("completed")
     finish_loggers(trainer)
 

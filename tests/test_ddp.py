@@ -54,3 +54,22 @@ def test_ddp_training_writes_one_run_directory(tmp_path):
     assert metrics["status"] == "completed" and "test/bpd" in metrics["final"]
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
     assert len(list(tmp_path.rglob("metrics.json"))) == 1
+
+
+def test_a_ddp_sweep_runs_each_job_once_in_its_own_directory(tmp_path):
+    """Lightning starts rank 1 by re-running the command line: in a sweep, rank 1 must join its
+    job, not start the sweep again."""
+    sweep = tmp_path / "sweep"
+    result = run_cli("genlab.train", "-m", "hardware=ddp_cpu", "seed=0,1", "trainer.max_epochs=1",
+                     "trainer.limit_train_batches=4", "callbacks=minimal", "logger=csv",
+                     "trainer.enable_progress_bar=false", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={sweep}")
+    output = result.stdout + result.stderr
+    assert output.count("Launching 2 jobs") == 1, output[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and "test/bpd" in metrics["final"]
+    # nothing else anywhere: no directories made by the second rank
+    assert sorted(p.relative_to(tmp_path).parts[0] for p in tmp_path.iterdir()) == ["sweep"]
+    assert len(list(tmp_path.rglob("metrics.json"))) == 2
+    assert len(list(tmp_path.rglob("config_resolved.yaml"))) == 2
