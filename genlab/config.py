@@ -164,7 +164,19 @@ def build_sampler(cfg: Optional[DictConfig], model: Any) -> Any:
 
 
 def build_named(cfg: Optional[DictConfig], key: str) -> list[Any]:
-    """Instantiate every entry of a dict of configs (callbacks, loggers); null entries are off."""
+    """Instantiate every entry of a dict of configs (callbacks, loggers); null entries are off.
+
+    An entry without ``_target_`` is settings for an entry the chosen group does not have (an
+    experiment tuning ``callbacks.fid`` under ``callbacks=minimal``): it is left out, and said."""
     if not cfg:
         return []
-    return [instantiate(sub, f"{key}.{name}") for name, sub in cfg.items() if sub is not None]
+    built = []
+    for name, sub in cfg.items():
+        if sub is None:
+            continue
+        if not isinstance(sub, DictConfig) or "_target_" not in sub:
+            log.warning("%s.%s has settings but no _target_ (not part of the chosen %s group): left out",
+                        key, name, key)
+            continue
+        built.append(instantiate(sub, f"{key}.{name}"))
+    return built

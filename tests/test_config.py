@@ -137,3 +137,12 @@ def test_an_unknown_group_option_lists_the_available_ones(tmp_path):
 
     with pytest.raises(MissingConfigException, match=r"(?s)model/nosuchmodel.*Available options.*vae"):
         compose_cfg(overrides=["model=nosuchmodel"], output_dir=tmp_path)
+
+
+def test_settings_for_a_callback_the_group_lacks_are_left_out(caplog, tmp_path):
+    cfg = compose_cfg(overrides=["experiment=vae_mnist", "callbacks=minimal"], output_dir=tmp_path)
+    assert "_target_" not in cfg.callbacks.fid  # the experiment tunes fid, minimal has none
+    with caplog.at_level("WARNING"):
+        callbacks = build_named(cfg.callbacks, "callbacks")
+    assert sorted(type(cb).__name__ for cb in callbacks) == ["BitsPerDim", "ModelCheckpoint", "ModelCheckpoint"]
+    assert "callbacks.fid has settings but no _target_" in caplog.text
