@@ -24,6 +24,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
+from genlab.checkpoint import read_checkpoint
 from genlab.errors import RunDirectoryInUse
 from genlab.utils import atomic_write_text
 
@@ -59,6 +60,7 @@ def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
                 f"{output_dir} already holds a run. Leave hydra.run.dir to its default, or drop "
                 "ckpt_path= to resume the run in that directory from its own last checkpoint."
             )
+        read_checkpoint(explicit)  # a missing file or one that is not genlab's is refused now
         return StartPlan("new", ckpt_path=str(explicit))
     if not holds_run:
         return StartPlan("new")

@@ -92,12 +92,12 @@ def train(cfg: DictConfig) -> Optional[float]:
     if plan.action == "resume":
         log.info("resuming the run in %s from %s", output_dir, plan.ckpt_path)
     with ddp_ranks_run_this_job(output_dir):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
         if cfg.get("test"):
             checkpoint = trainer.checkpoint_callback
             best = isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path
             log.info("testing %s", f"the best checkpoint {best}" if best else "the final weights")
-            trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+            trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=True)
     recorder.finish("completed")
     finish_loggers(trainer)
 

@@ -145,6 +145,16 @@ def test_an_explicit_ckpt_path_never_writes_into_a_run(tmp_path):
         train(cfg)
 
 
+def test_ckpt_path_must_be_a_genlab_checkpoint(tmp_path):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    for path, message in ((tmp_path / "missing.ckpt", "no such checkpoint file"), (foreign, "not a genlab checkpoint")):
+        cfg = compose_cfg(overrides=["logger=none", f"ckpt_path={path}"], output_dir=tmp_path / "run")
+        with pytest.raises(CheckpointError, match=message):
+            train(cfg)
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = genlab.checkpoint.AtomicCheckpointIO()
