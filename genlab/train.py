@@ -84,6 +84,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     datamodule = instantiate(cfg.dataset, "dataset")
     datamodule.check()
     model = instantiate(cfg.model, "model")
+    model.check_trainer(cfg.trainer)
     model.sampler = build_sampler(cfg.get("sampler"), model)
     callbacks = build_callbacks(cfg, datamodule)
     check_objective(cfg, model, callbacks)

@@ -47,6 +47,10 @@ class GenerativeModel(pl.LightningModule):
         """-log2 p(x) of the discrete 8-bit ``x``, one value per example (shape [B])."""
         raise NotImplementedError(f"the {self.family} family has no likelihood")
 
+    def check_trainer(self, trainer_cfg: Any) -> None:
+        """Raise ConfigError for ``trainer.*`` settings this model cannot honour (called before
+        training; e.g. a family with manual optimization refuses Lightning's gradient clipping)."""
+
     def configure_optimizers(self) -> Any:
         if self._optimizer_factory is None:
             return torch.optim.Adam(self.parameters(), lr=1e-3)
