@@ -3,12 +3,12 @@
 # MNIST images of ../shared/data/mnist (pool=test: 8,000 train / 1,000 val / 1,000 test), then
 # held-out (test) bits/dim of the best checkpoint, samples at temperatures 0.5/0.7/1.0 and a
 # latent interpolation grid between test images. Results go to bench/results/flows_<model>_*.
-#   bash bench/flows_mnist.sh realnvp      (or glow; THREADS=2 by default)
+#   bash bench/flows_mnist.sh realnvp      (or glow; THREADS=1 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?usage: bench/flows_mnist.sh realnvp|glow}
 python=${PYTHON:-.venv/bin/python}
-threads=${THREADS:-2}
+threads=${THREADS:-1}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work/data/MNIST/raw" bench/results
 cp ../shared/data/mnist/*.gz "$work/data/MNIST/raw/"
