@@ -262,3 +262,13 @@ def test_coupling_scales_stay_bounded():
     layer = _randomise(Coupling(4, "channel", 0, hidden=8, scale_bound=1.5), 50.0)
     _, logdet = layer(torch.randn(2, 4, 3, 3) * 100)
     assert logdet.abs().max() <= 1.5 * 2 * 9  # |s| < bound on each of the 2x3x3 transformed values
+
+
+@pytest.mark.parametrize("mask", ["channel", "checkerboard"])
+def test_alternating_parities_transform_complementary_parts(mask):
+    x = torch.randn(2, 4, 4, 4)
+    changed = []
+    for parity in (0, 1):
+        layer = _randomise(Coupling(4, mask, parity, hidden=8))
+        changed.append((layer(x)[0] != x).any(0))  # [C, H, W]: which values the layer moved
+    assert not (changed[0] & changed[1]).any() and (changed[0] | changed[1]).all()

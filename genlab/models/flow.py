@@ -23,6 +23,7 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from genlab.errors import ConfigError
@@ -139,6 +140,13 @@ class Flow(GenerativeModel):
         shapes.append((c, h, h))
         self.levels = torch.nn.ModuleList(stages)
         self.latent_shapes = shapes
+
+    def on_fit_start(self) -> None:
+        rank_zero_info(
+            f"flow: bits/dim is an upper bound on the 8-bit NLL (uniform dequantization, "
+            f"{self.eval_dequant_samples} sample(s) per image; model.eval_dequant_samples=k tightens it); "
+            f"latents per level: {self.latent_shapes}"
+        )
 
     # ----- the bijection and its inverse --------------------------------------------------
     def dequantize(self, x: Tensor) -> Tensor:

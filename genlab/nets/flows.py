@@ -101,14 +101,21 @@ class Coupling(Bijection):
             raise ValueError("a channel mask needs at least 2 channels (squeeze first)")
         self.mask, self.parity, self.affine, self.scale_bound = mask, parity % 2, affine, scale_bound
         if mask == "channel":
-            self.c_a = channels // 2 if self.parity == 0 else channels - channels // 2
+            # parity 0 conditions on the first half of the channels, parity 1 on the second half
+            self.c_a = channels // 2
             c_in, c_out = self.c_a, channels - self.c_a
         else:
             c_in = c_out = channels
         self.net = coupling_net(c_in, c_out * (2 if affine else 1), hidden, net, blocks)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[:, : self.c_a], x[:, self.c_a:]
+        """(conditioning part a, transformed part b) of a channel mask."""
+        if self.parity == 0:
+            return x[:, : self.c_a], x[:, self.c_a:]
+        return x[:, x.shape[1] - self.c_a:], x[:, : x.shape[1] - self.c_a]
+
+    def _join(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([a, b] if self.parity == 0 else [b, a], 1)
 
     def _params(self, a: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
         """log-scale s and shift t for the transformed part (zero where ``keep`` is 1)."""
@@ -126,7 +133,7 @@ class Coupling(Bijection):
         if self.mask == "channel":
             a, b = self._split(x)
             s, t = self._params(a, None)
-            return torch.cat([a, b * torch.exp(s) + t], 1), s.flatten(1).sum(1)
+            return self._join(a, b * torch.exp(s) + t), s.flatten(1).sum(1)
         keep = checkerboard(x.shape[2], x.shape[3], self.parity, x)
         s, t = self._params(x * keep, keep)
         return x * torch.exp(s) + t, s.flatten(1).sum(1)
@@ -135,7 +142,7 @@ class Coupling(Bijection):
         if self.mask == "channel":
             a, b = self._split(y)
             s, t = self._params(a, None)
-            return torch.cat([a, (b - t) * torch.exp(-s)], 1)
+            return self._join(a, (b - t) * torch.exp(-s))
         keep = checkerboard(y.shape[2], y.shape[3], self.parity, y)
         s, t = self._params(y * keep, keep)
         return (y - t) * torch.exp(-s)
