@@ -151,8 +151,7 @@ class Flow(GenerativeModel):
     # ----- the bijection and its inverse --------------------------------------------------
     def dequantize(self, x: Tensor) -> Tensor:
         """uint8 x -> u = (x + w) / 256, w ~ U[0, 1): a point of x's cell of [0, 1)^D."""
-        dtype = self.dtype
-        return (x.to(dtype) + torch.rand(x.shape, dtype=dtype, device=x.device)) / 256
+        return (x.to(self.dtype) + torch.rand(x.shape, dtype=self.dtype, device=x.device)) / 256
 
     def forward_flow(self, u: Tensor) -> tuple[list[Tensor], Tensor]:
         """u in [0, 1)^D -> (latents per level, log|det du -> latents|), one log-det per example."""
