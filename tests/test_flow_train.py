@@ -36,39 +36,8 @@ def _untrained_val_bpd(cfg) -> float:
     return (model.nll_bits(x) / model.num_dims).mean().item()
 
 
-@pytest.fixture(scope="module")
-def glow_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("glow")
-    cfg = compose_cfg(overrides=["model=glow", *FAST, "trainer.max_epochs=3"], output_dir=out)
-    objective = train(cfg)
-    return out, objective, cfg
-
-
-@pytest.mark.slow
-def test_glow_trains_on_digits_and_writes_a_complete_run(glow_run):
-    out, objective, cfg = glow_run
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "completed"
-    final = metrics["final"]
-    for key in ("val/bpd", "test/bpd", "val/fid_classifier", "train/loss", "val/loss"):
-        assert math.isfinite(final[key]), key
-    assert objective == metrics["best"]["val/bpd"] < _untrained_val_bpd(cfg) - 0.5
-    assert 0 < final["test/bpd"] < 8
-    assert len(list((out / "samples").glob("*.png"))) == 3
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("model", ["nice", "realnvp"])
-def test_nice_and_realnvp_train_on_digits(model, tmp_path):
-    cfg = compose_cfg(overrides=[f"model={model}", *FAST, "callbacks.fid=null"], output_dir=tmp_path)
-    objective = train(cfg)
-    assert objective < _untrained_val_bpd(cfg) - 0.3
-    assert math.isfinite(json.loads((tmp_path / "metrics.json").read_text())["final"]["test/bpd"])
-
-
-@pytest.mark.slow
-def test_genlab_sample_draws_with_a_temperature_and_interpolates(glow_run, tmp_path):
-    out, _, cfg = glow_run
+def _check_genlab_sample(out, cfg, tmp_path) -> None:
+    """genlab-sample on the run: seeded samples, temperatures, an interpolation grid."""
     ckpt = out / "checkpoints" / "last.ckpt"
     runs = {}
     for name, extra in {"a": [], "again": [], "cold": ["+sampler.temperature=0"],
@@ -89,6 +58,32 @@ def test_genlab_sample_draws_with_a_temperature_and_interpolates(glow_run, tmp_p
     ends = np.stack([test_split[int(i)][0].numpy() for i in arrays["indices"]])
     assert np.array_equal(grid[0::5], ends[0::2]) and np.array_equal(grid[4::5], ends[1::2])
     assert Image.open(tmp_path / "interp" / "interpolation.png").size[0] >= 5 * 32
+
+
+@pytest.mark.slow
+def test_glow_trains_on_digits_then_samples_and_interpolates(tmp_path):
+    # One test (not a fixture shared by two): under xdist a module fixture is built once per worker.
+    out = tmp_path / "run"
+    cfg = compose_cfg(overrides=["model=glow", *FAST, "trainer.max_epochs=3"], output_dir=out)
+    objective = train(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    final = metrics["final"]
+    for key in ("val/bpd", "test/bpd", "val/fid_classifier", "train/loss", "val/loss"):
+        assert math.isfinite(final[key]), key
+    assert objective == metrics["best"]["val/bpd"] < _untrained_val_bpd(cfg) - 0.5
+    assert 0 < final["test/bpd"] < 8
+    assert len(list((out / "samples").glob("*.png"))) == 3
+    _check_genlab_sample(out, cfg, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["nice", "realnvp"])
+def test_nice_and_realnvp_train_on_digits(model, tmp_path):
+    cfg = compose_cfg(overrides=[f"model={model}", *FAST, "callbacks.fid=null"], output_dir=tmp_path)
+    objective = train(cfg)
+    assert objective < _untrained_val_bpd(cfg) - 0.3
+    assert math.isfinite(json.loads((tmp_path / "metrics.json").read_text())["final"]["test/bpd"])
 
 
 def test_interpolation_is_refused_for_samplers_that_cannot_encode(tmp_path):
