@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from genlab.callbacks.samples import save_grid
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
-from genlab.config import CONF_DIR, build_sampler, check_config
+from genlab.config import CONF_DIR, build_sampler, check_config, compatible_samplers, instantiate
 from genlab.entry import entry_point
 from genlab.errors import ConfigError
 from genlab.utils import seeded
@@ -31,6 +31,8 @@ def sample(cfg: DictConfig) -> Path:
     if cfg.trainer.accelerator in ("gpu", "auto") and torch.cuda.is_available():
         model = model.cuda()
     sampler = build_sampler(cfg.sampler, model)
+    if cfg.get("interpolate"):
+        return interpolate(cfg, model, sampler, output_dir)
     if cfg.classes is not None:
         if not getattr(model, "conditional", False):
             raise ConfigError("classes= was given but the checkpoint's model is not conditional")
@@ -46,6 +48,34 @@ def sample(cfg: DictConfig) -> Path:
         arrays["labels"] = labels.cpu().numpy()
     np.savez_compressed(output_dir / "samples.npz", **arrays)
     log.info("wrote %d samples to %s (samples.png, samples.npz)", cfg.n, output_dir)
+    return output_dir
+
+
+def interpolate(cfg: DictConfig, model: torch.nn.Module, sampler: object, output_dir: Path) -> Path:
+    """A grid of latent interpolations between pairs of dataset images (samplers that can encode)."""
+    pairs, steps = cfg.interpolate, cfg.interpolate_steps
+    if not isinstance(pairs, int) or pairs < 1:
+        raise ConfigError(f"interpolate={pairs!r}: the number of image pairs must be a positive integer")
+    if not hasattr(sampler, "interpolate"):
+        fits = ", ".join(f"model family flow (sampler={n})" for n in compatible_samplers("flow")) or "none"
+        raise ConfigError(
+            f"interpolate={pairs}: the sampler {type(sampler).__name__} of this {model.family} model cannot "
+            f"map images to latents; latent interpolation needs: {fits}"
+        )
+    check_config(cfg, ("dataset",))
+    datamodule = instantiate(cfg.dataset, "dataset")
+    datamodule.check()
+    data = datamodule.split_dataset(cfg.interpolate_split)
+    if len(data) < 2 * pairs:
+        raise ConfigError(f"interpolate={pairs} needs {2 * pairs} images; the {cfg.interpolate_split} split has {len(data)}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[: 2 * pairs]
+    x = torch.stack([data[int(i)][0] for i in order]).to(model.device)
+    images = sampler.interpolate(model, x[0::2], x[1::2], steps).cpu()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_grid(images, output_dir / "interpolation.png", nrow=steps)
+    np.savez_compressed(output_dir / "interpolation.npz", images=images.numpy(), indices=order.numpy())
+    log.info("wrote %d interpolations of %d steps to %s (interpolation.png, interpolation.npz)", pairs, steps,
+             output_dir)
     return output_dir
 
 
