@@ -215,7 +215,9 @@ def test_submitit_jobs_checkpoint_on_the_warning_signal_requeue_and_finish(whole
     sweep_process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     jobs = [sweep / "0", sweep / "1"]
     deadline = time.time() + 300
-    while not (jobs[0] / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+    # job 0 mid-training, job 1 at least inside its job (submitit's own handler is in place)
+    while not ((jobs[0] / "checkpoints" / "last.ckpt").exists() and (jobs[1] / ".hydra").exists()) \
+            and time.time() < deadline:
         time.sleep(0.01)
     found = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"], capture_output=True, text=True)
     for pid in found.stdout.split():
