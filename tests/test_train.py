@@ -152,7 +152,8 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_folder):
     overrides = [f"experiment={name}", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
                  "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=1",
-                 "trainer.limit_test_batches=1", "callbacks.bpd.max_examples=32", "logger=none"]
+                 "trainer.limit_test_batches=1", "callbacks.bpd.max_examples=32", "callbacks.samples.n=4",
+                 "logger=none"]
     if name.startswith(("vae", "cvae")):  # the importance-weighted bound is the VAE's own key
         overrides.append("model.iw_samples=4")
     if "mnist" in name:
@@ -161,6 +162,8 @@ def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_fol
         # The real CIFAR-10 loader cannot download here: the same images from the JPEG copy.
         overrides += ["dataset=image_folder", f"dataset.root={cifar_folder}", "dataset.num_classes=10",
                       "callbacks.fid=null"]
+        if name.startswith("autoregressive"):  # a GPU-sized net: 3,072 sampling steps per image
+            overrides += ["callbacks.samples=null", "dataset.batch_size=8", "dataset.eval_batch_size=16"]
     else:
         overrides += ["callbacks.fid.num_samples=100"]
     objective = train(compose_cfg(overrides=overrides, output_dir=tmp_path))
