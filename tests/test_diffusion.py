@@ -116,6 +116,34 @@ def test_ddim_eta0_is_deterministic_and_eta1_all_steps_is_ancestral():
     assert (a.int() - b.int()).abs().max().item() <= 1
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_a_perfect_network_recovers_x0_and_the_noise(prediction):
+    model = tiny_ddpm(timesteps=100, prediction=prediction)
+    torch.manual_seed(0)
+    x0, noise, t = torch.rand(5, 1, 8, 8) * 2 - 1, torch.randn(5, 1, 8, 8), torch.tensor([0, 10, 50, 98, 99])
+    xt = model.q_sample(x0, t, noise)
+    ab = model.alphas_bar[t].float().view(-1, 1, 1, 1)
+    target = noise if prediction == "eps" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    model.net.forward = lambda *args: target  # what the training loss regresses towards
+    eps, x0_pred = model.denoise(xt, t)
+    assert torch.allclose(eps, noise, atol=1e-4) and torch.allclose(x0_pred, x0, atol=1e-3)
+
+
+def test_classifier_free_guidance_mixes_conditional_and_unconditional_predictions():
+    model = tiny_ddpm(timesteps=10, num_classes=10, conditional=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.net.class_emb.weight.normal_()  # so that the labels matter
+    x, t, y = torch.randn(4, 1, 8, 8), torch.full((4,), 7), torch.tensor([1, 2, 3, 4])
+    eps_c, _ = model.denoise(x, t, y)
+    eps_u, _ = model.denoise(x, t, None)  # the "no class" token
+    eps_g, _ = model.denoise(x, t, y, guidance=3.0)
+    assert not torch.allclose(eps_c, eps_u)
+    assert torch.allclose(eps_g, 4.0 * eps_c - 3.0 * eps_u, atol=1e-5)
+    with pytest.raises(ValueError, match="class labels"):
+        model.denoise(x, t, torch.full((4,), -1))
+
+
 def test_samplers_return_8bit_images_and_refuse_other_families():
     model = tiny_ddpm(timesteps=10, shape=(3, 12, 12))
     for sampler in (DDPMSampler(), DDIMSampler(steps=4)):
