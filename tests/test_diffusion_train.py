@@ -90,7 +90,7 @@ def test_checkpoints_and_sampling_use_the_ema_weights(digits_run, tmp_path):
 def test_sample_with_the_ancestral_sampler_from_the_command_line_config(digits_run, tmp_path):
     out, _ = digits_run
     path = out / "checkpoints" / "last.ckpt"
-    sample(compose_cfg("sample", overrides=[f"ckpt={path}", "n=6", "sampler=ddpm", "+sampler.variance=posterior"],
+    sample(compose_cfg("sample", overrides=[f"ckpt={path}", "n=6", "sampler=ddpm", "sampler.variance=posterior"],
                        output_dir=tmp_path))
     images = np.load(tmp_path / "samples.npz")["images"]
     assert images.shape == (6, 1, 8, 8) and images.std() > 20
