@@ -11,11 +11,14 @@ cd "$(dirname "$0")/.."
 epochs=${1:-3}
 py=${PYTHON:-.venv/bin/python}
 work=$(mktemp -d)
-mkdir -p "$work/data/MNIST/raw" bench/results
-cp ../shared/data/mnist/*.gz "$work/data/MNIST/raw/"
+# A fixed data root: the MNIST FID classifier is trained on the first run (minutes) and cached
+# by the dataset's identity, which includes its path; later runs reuse it.
+data=${GENLAB_CACHE_DIR:-$HOME/.cache/genlab}/bench-data/mnist
+mkdir -p "$data/MNIST/raw" bench/results
+cp -n ../shared/data/mnist/*.gz "$data/MNIST/raw/"
 start=$(date +%s)
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} GENLAB_LOG_DIR="$work/outputs" WANDB_MODE=offline \
-    $py -m genlab.train experiment=ddpm_mnist dataset.root="$work/data" dataset.pool=test \
+    $py -m genlab.train experiment=ddpm_mnist dataset.root="$data" dataset.pool=test \
     dataset.batch_size=64 model.channels=16 model.channel_mult=[1,2,2] model.num_res_blocks=1 \
     model.attention_resolutions=[] model.dropout=0.0 model.optimizer.lr=1e-3 model.bound_timesteps=10 \
     callbacks.ema.decay=0.995 callbacks.bpd.max_examples=1000 callbacks.fid.extractor=classifier \
