@@ -112,7 +112,7 @@ class AutoregressiveModel(GenerativeModel):
         log.info("%s: the likelihood is exact (-log2 p(x) summed over %d conditionals); "
                  "loss and bits/dim are exact, not bounds", type(self).__name__, self.num_dims)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         loss = self.nll_bits(x, y).mean() / self.num_dims  # exact bits/dim of the batch
         if stage == "train":
@@ -122,14 +122,6 @@ class AutoregressiveModel(GenerativeModel):
                  sync_dist=not on_step, batch_size=x.shape[0])
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
 
 
 class PixelCNN(AutoregressiveModel):

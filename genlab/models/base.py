@@ -37,6 +37,7 @@ class GenerativeModel(pl.LightningModule):
         self.num_classes = int(num_classes)
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
+        self._loss_checked = False  # check_finite ran since the last backward pass
 
     @property
     def num_dims(self) -> int:
@@ -60,6 +61,20 @@ class GenerativeModel(pl.LightningModule):
         scheduler = self._scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        """One batch of ``stage`` ("train", "val" or "test"): log ``<stage>/<metric>`` and return
+        the loss. Families whose stages differ override the Lightning step methods instead."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither shared_step nor training_step")
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "test")
+
     def check_finite(self, **terms: Tensor) -> None:
         """Stop the run with a clear message when any loss term is NaN or inf.
 
@@ -67,6 +82,7 @@ class GenerativeModel(pl.LightningModule):
         pass; ``on_before_backward`` calls it with the total loss for any family that does not.
         All ranks take the same decision, so under DDP no rank is left waiting in a collective.
         """
+        self._loss_checked = True
         finite = all(bool(torch.isfinite(v.detach()).all()) for v in terms.values())
         if self._trainer is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -80,4 +96,9 @@ class GenerativeModel(pl.LightningModule):
         )
 
     def on_before_backward(self, loss: Tensor) -> None:
+        # once per backward pass: skipped when the family checked its named terms already
+        if self._loss_checked:
+            self._loss_checked = False
+            return
         self.check_finite(loss=loss)
+        self._loss_checked = False

@@ -246,9 +246,6 @@ class DDPM(GenerativeModel):
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=x.shape[0])
         return loss
 
-    def on_before_backward(self, loss: Tensor) -> None:
-        pass  # training_step has checked the loss already (one collective per step under DDP, not two)
-
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         loss = self._loss(x, y, drop_labels=False)

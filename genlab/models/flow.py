@@ -210,7 +210,7 @@ class Flow(GenerativeModel):
         log_pu = self.log_prob(self.dequantize(x))
         return -(log_pu - self.num_dims * math.log(256)) / LOG2
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, _ = batch
         loss = self._nll_bits_once(x).mean() / self.num_dims  # bits/dim, one dequantization draw
         if stage == "train":
@@ -220,14 +220,6 @@ class Flow(GenerativeModel):
                  sync_dist=not on_step, batch_size=x.shape[0])
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
 
     # ----- likelihood ---------------------------------------------------------------------
     @torch.no_grad()

@@ -241,9 +241,6 @@ class GAN(GenerativeModel):
         with torch.autocast(self.device.type, enabled=False):
             return gradient_penalty(lambda x: self._discriminate(x, y), real.float(), fake.float())
 
-    def on_before_backward(self, loss: Tensor) -> None:
-        pass  # training_step checked each named term before its backward (check_finite)
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this inside optimizer.step(), after unscaling the gradients under fp16.
         if self.gradient_clip_val is not None:

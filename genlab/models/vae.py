@@ -123,7 +123,7 @@ class VAE(GenerativeModel):
         kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(1)
         return recon, kl
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         recon, kl = self._neg_elbo_terms(x, y)
         to_bpd = 1.0 / (self.num_dims * LOG2)
@@ -146,14 +146,6 @@ class VAE(GenerativeModel):
         )
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
 
     # ----- likelihood -------------------------------------------------------------------
     @torch.no_grad()
