@@ -34,7 +34,7 @@ def sample(cfg: DictConfig) -> Path:
     if cfg.get("interpolate"):
         return interpolate(cfg, model, sampler, output_dir)
     if cfg.classes is not None:
-        if not getattr(model, "conditional", False):
+        if not model.conditional:
             raise ConfigError("classes= was given but the checkpoint's model is not conditional")
         sampler.classes = list(cfg.classes)
     labels = sampler.labels_for(model, cfg.n)

@@ -146,3 +146,10 @@ def test_settings_for_a_callback_the_group_lacks_are_left_out(caplog, tmp_path):
         callbacks = build_named(cfg.callbacks, "callbacks")
     assert sorted(type(cb).__name__ for cb in callbacks) == ["BitsPerDim", "ModelCheckpoint", "ModelCheckpoint"]
     assert "callbacks.fid has settings but no _target_" in caplog.text
+
+
+@pytest.mark.parametrize("model", ["vae", "ddpm", "pixelcnn", "gated_pixelcnn", "ar_transformer", "dcgan"])
+def test_a_conditional_model_needs_a_labelled_dataset(model):
+    cfg = compose_cfg(overrides=[f"model={model}", "model.conditional=true", "dataset.num_classes=0"])
+    with pytest.raises(ConfigError, match="model.conditional=true needs a labelled dataset"):
+        instantiate(cfg.model, "model")

@@ -133,7 +133,7 @@ class FIDCallback(pl.Callback):
             extractor, datamodule, split, self.num_samples, self.cache_dir, self.chunk_size, self.kid
         )
         shape = (int(datamodule.channels), int(datamodule.image_size), int(datamodule.image_size))
-        conditional = getattr(model, "conditional", False) and int(getattr(model, "num_classes", 0)) > 0
+        conditional = model.conditional
 
         def sample_features(lo: int, hi: int) -> Tensor:
             # labels depend only on the positions, so they do not depend on the number of ranks

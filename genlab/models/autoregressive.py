@@ -70,13 +70,7 @@ class AutoregressiveModel(GenerativeModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler)
-        if conditional and num_classes <= 0:
-            raise ConfigError(
-                "model.conditional=true needs a labelled dataset, but dataset.num_classes is "
-                f"{num_classes}; pick a labelled dataset or set model.conditional=false"
-            )
-        self.conditional = bool(conditional)
+        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
 
     # ----- the primitives ---------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from genlab.errors import TrainingDiverged
+from genlab.errors import ConfigError, TrainingDiverged
 
 
 class GenerativeModel(pl.LightningModule):
@@ -31,10 +31,18 @@ class GenerativeModel(pl.LightningModule):
         num_classes: int = 0,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        conditional: bool = False,
     ) -> None:
         super().__init__()
+        if conditional and num_classes <= 0:
+            raise ConfigError(
+                "model.conditional=true needs a labelled dataset, but dataset.num_classes is "
+                f"{num_classes}; pick a labelled dataset or set model.conditional=false"
+            )
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
+        #: draws and learns p(x | class); samplers pass labels to such models
+        self.conditional = bool(conditional)
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         self._loss_checked = False  # check_finite ran since the last backward pass

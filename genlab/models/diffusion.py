@@ -115,12 +115,7 @@ class DDPM(GenerativeModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler)
-        if conditional and num_classes <= 0:
-            raise ConfigError(
-                "model.conditional=true needs a labelled dataset, but dataset.num_classes is "
-                f"{num_classes}; pick a labelled dataset or set model.conditional=false"
-            )
+        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
         if int(timesteps) < 2:
             raise ConfigError(f"model.timesteps must be >= 2, got {timesteps}")
         for key, value, allowed in (
@@ -144,7 +139,6 @@ class DDPM(GenerativeModel):
                 f"{len(channel_mult) - 1} times; use fewer levels for this image size"
             )
 
-        self.conditional = bool(conditional)
         self.timesteps = int(timesteps)
         self.prediction = prediction
         self.variance = variance

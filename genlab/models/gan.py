@@ -102,14 +102,9 @@ class GAN(GenerativeModel):
         d_optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler)
+        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
         if loss not in LOSSES:
             raise ConfigError(f"model.loss={loss!r} is not known; use one of {sorted(LOSSES)}")
-        if conditional and num_classes <= 0:
-            raise ConfigError(
-                "model.conditional=true needs a labelled dataset, but dataset.num_classes is "
-                f"{num_classes}; pick a labelled dataset or set model.conditional=false"
-            )
         self.d_loss_fn, self.g_loss_fn, default_norm, default_n_critic = LOSSES[loss]
         disc_norm = disc_norm or default_norm
         if disc_norm not in DISC_NORMS:
@@ -135,7 +130,6 @@ class GAN(GenerativeModel):
 
         self.automatic_optimization = False
         self.loss = loss
-        self.conditional = bool(conditional)
         self.latent_dim = int(latent_dim)
         self.n_critic = n_critic
         self.gp_weight = float(gp_weight) if loss == "wgan_gp" else 0.0

@@ -44,19 +44,13 @@ class VAE(GenerativeModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler)
+        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
         if likelihood not in PIXEL_LIKELIHOODS:
             raise ConfigError(
                 f"model.likelihood={likelihood!r} is not known; use one of {sorted(PIXEL_LIKELIHOODS)}"
             )
-        if conditional and num_classes <= 0:
-            raise ConfigError(
-                "model.conditional=true needs a labelled dataset, but dataset.num_classes is "
-                f"{num_classes}; pick a labelled dataset or model=vae"
-            )
         if iw_samples < 1:
             raise ConfigError(f"model.iw_samples must be >= 1, got {iw_samples}")
-        self.conditional = bool(conditional)
         self.latent_dim = int(latent_dim)
         self.beta = float(beta)
         self.iw_samples = int(iw_samples)

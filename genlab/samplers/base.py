@@ -35,13 +35,13 @@ class Sampler:
 
     def default_labels(self, model: GenerativeModel, n: int) -> Optional[Tensor]:
         """Balanced class labels for a conditional model, None for an unconditional one."""
-        if model.num_classes <= 0 or not getattr(model, "conditional", False):
+        if model.num_classes <= 0 or not model.conditional:
             return None
         return torch.arange(n, device=model.device) % model.num_classes
 
     def labels_for(self, model: GenerativeModel, n: int) -> Optional[Tensor]:
         """The labels to draw n samples with: ``classes`` cycled, or every class in turn."""
-        if self.classes is None or not getattr(model, "conditional", False):
+        if self.classes is None or not model.conditional:
             return self.default_labels(model, n)
         bad = [c for c in self.classes if not 0 <= c < model.num_classes]
         if bad:
