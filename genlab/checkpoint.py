@@ -41,7 +41,16 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
             f"{key}={path} is not a genlab checkpoint (no saved genlab config in it); use a .ckpt "
             "from a run directory's checkpoints/ folder written by genlab-train"
         )
-    check_targets(stored.get("config", {}), f"the config saved in the checkpoint {path}")
+    config = stored.get("config", {})
+    try:  # its interpolations resolved among themselves, as they will be once merged
+        saved = OmegaConf.create(config)
+    except Exception as err:  # noqa: BLE001 - keys or values OmegaConf cannot hold
+        raise CheckpointError(f"{key}={path}: the config saved in it cannot be read ({err})") from None
+    sections = [k for k in ("model", "dataset", "sampler") if config.get(k) is not None and not isinstance(config[k], dict)]
+    if sections:
+        raise CheckpointError(f"{key}={path}: the config saved in it has no mapping for {', '.join(sections)}; "
+                              "is it a genlab checkpoint?")
+    check_targets(saved, f"the config saved in the checkpoint {path}")
     return checkpoint
 
 

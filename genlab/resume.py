@@ -100,9 +100,10 @@ def _read_previous_config(output_dir: Path) -> Optional[dict[str, Any]]:
     path = output_dir / "config_resolved.yaml"
     if not path.is_file():
         return None
-    previous = OmegaConf.to_container(OmegaConf.load(path))
+    saved = OmegaConf.load(path)
+    previous = OmegaConf.to_container(saved)
     try:
-        check_targets(previous, f"the run directory's config {path}")
+        check_targets(saved, f"the run directory's config {path}")
     except UntrustedConfig as err:
         raise RunDirectoryInUse(f"{err} The run directory is left as it is.") from None
     return previous

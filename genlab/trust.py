@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from genlab.errors import UntrustedConfig
 
@@ -118,15 +117,26 @@ def _targets(tree: Any, prefix: str) -> Iterator[tuple[str, Any]]:
             yield from _targets(value, f"{prefix}.{i}" if prefix else str(i))
 
 
+def _resolved(node: Any) -> Any:
+    """A DictConfig/ListConfig as plain data, each value resolved where it can be (an
+    interpolation can create a node with a ``_target_``: ``${oc.create:...}``) and left as written
+    where it cannot (the caller reports what does not resolve)."""
+    if not isinstance(node, (DictConfig, ListConfig)):
+        return node
+    keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+    values = []
+    for key in keys:
+        try:
+            values.append(_resolved(node[key]))
+        except Exception:  # noqa: BLE001 - a resolver may raise anything; the raw value is checked
+            values.append(OmegaConf.to_container(node, resolve=False)[key])
+    return dict(zip(keys, values)) if isinstance(node, DictConfig) else values
+
+
 def check_targets(tree: Any, source: str, prefix: str = "") -> None:
     """Refuse a config (a DictConfig, or the plain dict/list of a stored one) with a
     ``_target_`` anywhere that is not allow-listed. ``source`` says where the config came from."""
-    if isinstance(tree, (DictConfig, ListConfig)):
-        try:
-            tree = OmegaConf.to_container(tree, resolve=True)
-        except OmegaConfBaseException:  # check what is there; the caller reports what does not resolve
-            tree = OmegaConf.to_container(tree, resolve=False)
-    for key, target in _targets(tree, prefix):
+    for key, target in _targets(_resolved(tree), prefix):
         why = refusal(target) if isinstance(target, str) else f"a {type(target).__name__}, not a class path"
         if why is not None:
             raise UntrustedConfig(
@@ -172,10 +182,11 @@ def check_config_dirs(argv: Sequence[str], entry_file: Path) -> None:
         seen.add(directory)
         for path in sorted(directory.rglob("*.yaml")):
             try:
-                tree = OmegaConf.to_container(OmegaConf.load(path))
+                loaded = OmegaConf.load(path)
+                tree = OmegaConf.to_container(loaded)
             except Exception:  # noqa: BLE001 - a file that does not parse cannot build anything
                 continue
-            check_targets(tree, f"the config file {path}")
+            check_targets(loaded, f"the config file {path}")
             searchpath = ((tree or {}).get("hydra") or {}).get("searchpath") if isinstance(tree, dict) else None
             for entry in searchpath or []:
                 pending += [Path(p) for p in _FILE_URL.findall(str(entry))]
