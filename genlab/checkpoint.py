@@ -41,17 +41,22 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
             f"{key}={path} is not a genlab checkpoint (no saved genlab config in it); use a .ckpt "
             "from a run directory's checkpoints/ folder written by genlab-train"
         )
-    config = stored.get("config", {})
-    try:  # its interpolations resolved among themselves, as they will be once merged
-        saved = OmegaConf.create(config)
-    except Exception as err:  # noqa: BLE001 - keys or values OmegaConf cannot hold
-        raise CheckpointError(f"{key}={path}: the config saved in it cannot be read ({err})") from None
+    _check_saved_config(stored.get("config", {}), f"{key}={path}", path)
+    return checkpoint
+
+
+def _check_saved_config(config: dict[str, Any], named: str, path: Path) -> None:
+    """The config a checkpoint carries: mappings where eval and sample merge it, and ``_target_``s
+    (its interpolations resolved among themselves, as they will be once merged) on the allow-list."""
     sections = [k for k in ("model", "dataset", "sampler") if config.get(k) is not None and not isinstance(config[k], dict)]
     if sections:
-        raise CheckpointError(f"{key}={path}: the config saved in it has no mapping for {', '.join(sections)}; "
+        raise CheckpointError(f"{named}: the config saved in it has no mapping for {', '.join(sections)}; "
                               "is it a genlab checkpoint?")
+    try:
+        saved = OmegaConf.create(config)
+    except Exception as err:  # noqa: BLE001 - keys or values OmegaConf cannot hold
+        raise CheckpointError(f"{named}: the config saved in it cannot be read ({err})") from None
     check_targets(saved, f"the config saved in the checkpoint {path}")
-    return checkpoint
 
 
 def with_trained_run(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:

@@ -170,6 +170,19 @@ def _search_dirs(argv: Sequence[str], entry_file: Path) -> list[Path]:
     return dirs
 
 
+def _yaml_files(directory: Path) -> Iterator[Path]:
+    """Every .yaml file Hydra could read under ``directory``, through symlinked folders too (once)."""
+    seen = set()
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        yield from (Path(root) / name for name in sorted(files) if name.endswith(".yaml"))
+
+
 def check_config_dirs(argv: Sequence[str], entry_file: Path) -> None:
     """Refuse a command whose extra config directories hold a file with a ``_target_`` that is not
     allow-listed, before Hydra reads them (Hydra builds its callbacks, launcher and sweeper from
@@ -180,7 +193,7 @@ def check_config_dirs(argv: Sequence[str], entry_file: Path) -> None:
         if directory in seen or not directory.is_dir():
             continue  # a missing directory is Hydra's to report
         seen.add(directory)
-        for path in sorted(directory.rglob("*.yaml")):
+        for path in _yaml_files(directory):
             try:
                 loaded = OmegaConf.load(path)
                 tree = OmegaConf.to_container(loaded)

@@ -253,6 +253,15 @@ def test_a_hostile_config_dir_is_refused_before_hydra_reads_it(tmp_path, name, c
     assert not victim.exists()
 
 
+def test_a_hostile_file_behind_a_symlinked_group_folder_is_found(tmp_path):
+    elsewhere = config_dir(tmp_path / "elsewhere", {"evil.yaml": writes_file(tmp_path / "evil.pth")})
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "sampler").symlink_to(elsewhere)  # Hydra reads sampler/evil.yaml through it
+    (tmp_path / "conf" / "loop").symlink_to(tmp_path / "conf")  # and a loop, which must not hang the check
+    with pytest.raises(UntrustedConfig, match="sampler/evil.yaml"):
+        check_config_dirs(["--config-dir", str(tmp_path / "conf")], Path(genlab.sample.__file__))
+
+
 def test_the_cli_refuses_a_hostile_config_dir(vae, tmp_path):
     victim = tmp_path / "evil.pth"
     root = config_dir(tmp_path / "conf", {"sampler/evil.yaml": writes_file(victim)})
