@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.errors import ConfigError, GenlabError
+from genlab.trust import check_targets
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,12 @@ def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
 
 
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate with errors that name the config key."""
+    """hydra.utils.instantiate with errors that name the config key. Every object genlab builds
+    from a config comes through here: each ``_target_`` in ``node`` (and in config ``kwargs``) must
+    be on genlab's allow-list (``genlab.trust``), whatever the config's source."""
+    check_targets(node, "the config of this command", key)
+    for name, value in kwargs.items():
+        check_targets(value, "the config of this command", f"{key}.{name}")
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except Exception as err:  # Hydra wraps constructor errors; unwrap genlab's own

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
@@ -20,8 +22,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from genlab.callbacks.resume import Preemption, ResumeState
 from genlab.callbacks.run import RunRecorder
 from genlab.checkpoint import AtomicCheckpointIO
-from genlab.config import build_named, check_config
+from genlab.config import CONF_DIR, build_named, check_config
 from genlab.errors import GenlabError, Preempted, RunDirectoryInUse
+from genlab.trust import command_line_is_trusted
 from genlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("genlab")
@@ -144,3 +147,23 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
         return result
 
     return run
+
+
+def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """``hydra.main`` over genlab's conf/ for an entry point's ``main``. Before Hydra reads any
+    config, the directories the command line adds (``--config-dir``, ``--config-path``,
+    ``hydra.searchpath``) are checked: Hydra builds callbacks, launchers and sweepers from them
+    before genlab's code runs, so a ``_target_`` off genlab's allow-list is refused first."""
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        run = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)
+
+        @functools.wraps(task)
+        def main(cfg: Optional[DictConfig] = None) -> Any:
+            if cfg is None:
+                command_line_is_trusted(inspect.getfile(task))
+            return run(cfg)
+
+        return main
+
+    return decorate

@@ -9,6 +9,10 @@ class ConfigError(GenlabError):
     """A config key is missing, unknown or has a value that cannot work."""
 
 
+class UntrustedConfig(ConfigError):
+    """A checkpoint or config names code genlab does not build (a ``_target_`` off the allow-list)."""
+
+
 class DataError(GenlabError):
     """A dataset cannot be found, read or downloaded."""
 

@@ -9,15 +9,14 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from genlab.config import CONF_DIR, build_sampler, instantiate
-from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, in_multirun
+from genlab.config import build_sampler, instantiate
+from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main, in_multirun
 from genlab.errors import ConfigError
 from genlab.resume import plan_start, reuse_logger_ids
 
@@ -84,6 +83,8 @@ def train(cfg: DictConfig) -> Optional[float]:
     datamodule = instantiate(cfg.dataset, "dataset")
     datamodule.check()
     model = instantiate(cfg.model, "model")
+    if plan.stored is not None:  # ckpt_path=: weights of another size are refused before fit
+        plan.stored.check_fits(model, cfg.model)
     model.check_trainer(cfg.trainer)
     model.sampler = build_sampler(cfg.get("sampler"), model)
     callbacks = build_callbacks(cfg, datamodule)
@@ -114,7 +115,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     return objective
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra_main("train")
 def main(cfg: DictConfig) -> Optional[float]:
     return entry_point(train, ("dataset", "model", "sampler", "callbacks", "logger", "trainer"))(cfg)
 

@@ -114,7 +114,8 @@ class PoisonAt(pl.Callback):
                 pl_module.discriminator.to_logit.bias.fill_(float("nan"))
 
 
-def test_a_nan_stops_the_run_and_the_last_good_checkpoint_stays_loadable(tmp_path):
+def test_a_nan_stops_the_run_and_the_last_good_checkpoint_stays_loadable(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLAB_TRUSTED_MODULES", __name__)  # the config builds PoisonAt from this module
     cfg = compose_cfg(overrides=[*FAST, "trainer.max_epochs=3", "callbacks.fid=null", "objective=val/d_loss",
                                  "logger=none", "+callbacks.poison._target_=test_gan_train.PoisonAt",
                                  "+callbacks.poison.epoch=1"], output_dir=tmp_path)
