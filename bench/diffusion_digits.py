@@ -1,8 +1,9 @@
 """Measure a trained ``experiment=ddpm_digits`` run: does the UNet use t and the class, and what
 do its samples look like to genlab's digits FID classifier (bench/diffusion.md, issue 13).
 
-Reads the run's metrics.json (test bits/dim and classifier FID, computed by genlab-train's
-callbacks on the best checkpoint) and loads that checkpoint (EMA weights, as genlab-sample does):
+Reads the run's metrics.json (bits/dim and classifier FID as genlab-train's callbacks computed
+them: test on the best checkpoint, val at the last validation) and loads the best checkpoint
+(EMA weights, as genlab-sample does):
 - t-sensitivity: ||eps(x, t=10) - eps(x, t=900)|| / ||eps(x, t=10)|| on the same inputs x
   (x_500 of the 180 test images); class-sensitivity the same with class 3 against class 7;
 - DDIM-50 samples (seeded), classified by the FID classifier (``callbacks.fid.extractor=classifier``,
@@ -61,7 +62,8 @@ def main() -> None:
     result: dict = {
         "run": str(args.run), "checkpoint": best.name,
         "parameters": sum(p.numel() for p in model.net.parameters()),
-        "test/bpd": metrics["final"].get("test/bpd"), "test/fid_classifier": metrics["final"].get("test/fid_classifier"),
+        "status": metrics["status"],  # a run stopped early has its last validation's numbers only
+        "metrics": {k: v for k, v in metrics["final"].items() if k.startswith(("val/", "test/"))},
         "conditional": bool(model.conditional),
     }
 
