@@ -167,22 +167,23 @@ def test_sigterm_and_sigint_checkpoint_the_step_record_the_run_and_a_rerun_finis
 @pytest.mark.slow
 def test_a_second_process_on_a_run_directory_is_refused_and_the_first_finishes_undisturbed(whole, tmp_path):
     run_dir = tmp_path / "shared"
-    # Two started together: one takes the directory, the other is refused at once.
-    first, second = (subprocess.Popen(cli(run_dir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True) for _ in range(2))
-    while first.poll() is None and second.poll() is None:
+    start = lambda: subprocess.Popen(cli(run_dir), env=env(), stdout=subprocess.DEVNULL,  # noqa: E731
+                                     stderr=subprocess.PIPE, text=True)
+    # Two started together: one takes the directory, the other is refused at once. A third comes
+    # while the first runs ("resuming" a live run).
+    together = [start(), start()]
+    wait_for(run_dir / ".genlab.lock", together[0])
+    third = start()
+    while all(p.poll() is None for p in together):
         time.sleep(0.01)
-    loser, winner = (first, second) if first.poll() is not None else (second, first)
-    _, stderr = loser.communicate()
-    assert loser.returncode == 1 and stderr.count("genlab: error:") == 1, stderr[-3000:]
-    assert f"the run directory {run_dir} is in use by another genlab process (PID {winner.pid})" in stderr
-    assert "Traceback" not in stderr
-
-    # A third one while the winner trains ("resuming" a live run) is refused too.
-    wait_for(run_dir / "checkpoints" / "last.ckpt", winner)
-    third = subprocess.run(cli(run_dir), env=env(), capture_output=True, text=True, timeout=300)
-    assert third.returncode == 1 and f"in use by another genlab process (PID {winner.pid})" in third.stderr
-    assert winner.poll() is None, "the third process was refused only because the first had finished"
+    loser, winner = together if together[0].poll() is not None else together[::-1]
+    third.wait(timeout=300)
+    assert winner.poll() is None, "the third process met a finished run, not a live one"
+    for refused in (loser, third):
+        stderr = refused.communicate()[1]
+        assert refused.returncode == 1 and stderr.count("genlab: error:") == 1, stderr[-3000:]
+        assert f"the run directory {run_dir} is in use by another genlab process (PID {winner.pid})" in stderr
+        assert "Traceback" not in stderr
 
     _, stderr = winner.communicate(timeout=600)
     assert winner.returncode == 0, stderr[-3000:]
