@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from genlab.entry import entry_point
 from genlab.errors import RunDirectoryLocked
+from genlab.evaluate import evaluate
 from genlab.lock import LOCK_NAME, lock_run_directory
+from genlab.sample import sample
+
+from conftest import compose_cfg
 
 TINY = ["dataset=digits", "model=vae", "logger=csv", "callbacks=minimal", "trainer.max_epochs=1",
         "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
@@ -41,7 +46,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return state
 
 
-def test_a_held_lock_refuses_naming_the_directory_and_holder_and_goes_with_a_killed_holder(tmp_path):
+def test_a_held_lock_refuses_naming_the_directory_and_holder_and_goes_with_a_killed_holder(tmp_path, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom genlab.lock import lock_run_directory\n"
          f"lock_run_directory({str(tmp_path)!r}); print('locked', flush=True); time.sleep(600)"],
@@ -50,8 +55,15 @@ def test_a_held_lock_refuses_naming_the_directory_and_holder_and_goes_with_a_kil
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirectoryLocked) as refused:
             lock_run_directory(tmp_path)
-        assert str(refused.value).startswith(
-            f"the run directory {tmp_path} is in use by another genlab process (PID {holder.pid})")
+        message = f"the run directory {tmp_path} is in use by another genlab process (PID {holder.pid})"
+        assert str(refused.value).startswith(message)
+        # genlab-eval and genlab-sample write into their run directories too: they take its lock
+        for name, fn in (("eval", evaluate), ("sample", sample)):
+            with pytest.raises(SystemExit) as exit_status:
+                entry_point(fn, ())(compose_cfg(name, [f"ckpt={tmp_path / 'x.ckpt'}"], output_dir=tmp_path))
+            assert exit_status.value.code == 1
+            assert capsys.readouterr().err == f"genlab: error: {refused.value}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
