@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.utilities import rank_zero_only
 
-from genlab.errors import RunDirectoryLocked
+from genlab.errors import ConfigError, GenlabError, RunDirectoryLocked
 
 log = logging.getLogger("genlab")
 
@@ -73,7 +73,11 @@ def lock_run_directory(directory: str | os.PathLike) -> RunDirectory:
         held = RunDirectory(path, None)
         held.owned = True  # a rank of the run rank 0 owns; it records nothing itself anyway
         return held
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"the run directory {path} cannot be created ({err.strerror}); point hydra.run.dir "
+                          "(or paths.log_dir) at a folder you can write to") from None
     lock_file = path / LOCK_NAME
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
@@ -130,7 +134,7 @@ class RunDirectoryGuard(Callback):
         run_dir = Path(str(config.hydra.run.dir))
         try:
             lock_run_directory(run_dir)
-        except RunDirectoryLocked as err:
+        except GenlabError as err:
             from genlab.entry import report_error
 
             report_error(err)

@@ -448,12 +448,12 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / INTERRUPTED).unlink(missing_ok=True)  # every job ran this time
         try:
             jobs = read_sweep(sweep_dir)
         except NotASweep as err:
             log.warning("no sweep summary: %s", err)
             return
-        (sweep_dir / INTERRUPTED).unlink(missing_ok=True)  # every job ran this time
         log.info("sweep finished: %s. Table and plots: genlab-report %s", summary(jobs), sweep_dir)
         failed = [job for job in jobs if job.status == "failed"]
         for job in failed:

@@ -84,8 +84,8 @@ class Preemption(pl.Callback):
       at once, without a checkpoint.
 
     The handlers only set a flag; the checkpoint is written between steps, with every rank
-    agreeing on the step. A signal during a validation acts after it (whose end already saved
-    ``last.ckpt``), at the next step or the end of training. While training, this replaces
+    agreeing on the step. A signal during a validation acts after it, at the next step (a step
+    checkpoint resumes exactly) or at the end of training. While training, this replaces
     Lightning's own SIGTERM handling, which stops after the step without a checkpoint and exits
     with status 0; outside training Lightning's handler stays, and calls the entry point's.
     """
