@@ -350,3 +350,17 @@ def test_optuna_sweeper_records_a_failed_job_and_goes_on(tmp_path):
     assert study([3.0, None, 2.0])["best_value"] == 2.0
     with pytest.raises(ValueError, match="Values cannot be specified when state is TrialState.PRUNED or TrialState.FAIL"):
         study([3.0, float("nan"), 2.0])
+
+
+def test_a_sweep_that_ran_to_its_end_drops_the_record_of_an_earlier_interruption(tmp_path):
+    from genlab.report import INTERRUPTED, SweepSummary
+
+    root = tmp_path / "sweep"
+    make_job(root, "0", ["seed=0"], metrics=completed([3.0]))
+    make_job(root, "1", ["seed=1"], metrics=completed([2.0]))  # the job the signal kept from running, run since
+    (root / INTERRUPTED).write_text(json.dumps({"status": "interrupted", "signal": "SIGTERM", "interrupted_job": "0",
+                                                "not_run": [{"job": "1", "overrides": ["seed=1"]}, {"job": "2", "overrides": ["seed=2"]}]}))
+    assert [(job.name, job.status) for job in read_sweep(root)] == [("0", "completed"), ("1", "completed"), ("2", "not run")]
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}}}))
+    assert not (root / INTERRUPTED).exists()
+    assert [job.name for job in read_sweep(root)] == ["0", "1"]
