@@ -3,7 +3,7 @@
 A run directory is in one of three states, read from what the run left there:
 
 * new (nothing of a run in it): start from step 0;
-* unfinished (``metrics.json`` says running, preempted or failed): resume from
+* unfinished (``metrics.json`` says running, preempted, interrupted or failed): resume from
   ``checkpoints/last.ckpt`` with the same W&B run id, after checking that the config is the
   run's own; an unfinished run without any checkpoint starts over, and says so;
 * completed: nothing to train; the recorded objective is returned (a re-run sweep skips its

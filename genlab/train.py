@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from genlab.config import build_sampler, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main, in_multirun
 from genlab.errors import ConfigError
+from genlab.lock import claim
 from genlab.resume import plan_start, reuse_logger_ids
 
 log = logging.getLogger("genlab")
@@ -69,6 +70,8 @@ def train(cfg: DictConfig) -> Optional[float]:
     """Build everything (each piece checked before any training), fit, test, report.
 
     Re-running the same command in the same run directory resumes it (``genlab.resume``).
+    Nothing is written into the directory before the plan: a command that is refused, or a
+    completed run, leaves it as it was.
     """
     output_dir = Path(cfg.paths.output_dir)
     plan = plan_start(output_dir, cfg)
@@ -77,6 +80,7 @@ def train(cfg: DictConfig) -> Optional[float]:
         log.info("the run in %s is already completed (objective %s = %s): nothing to do",
                  output_dir, cfg.objective, value)
         return value
+    claim(output_dir)  # this attempt's failure or interruption is recorded here from now on
     reuse_logger_ids(cfg, plan.previous)
     pl.seed_everything(cfg.seed, workers=True)
 
