@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genlab.checks import check_optimizers, check_trainer
 from genlab.errors import ConfigError, GenlabError
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,15 @@ def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
             key = getattr(err, "full_key", None) or section
             raise ConfigError(f"config key '{key}' cannot be resolved: {err.msg}") from None
     for key in ("seed",):
-        if key in cfg and not isinstance(cfg[key], int):
+        if key in cfg and (not isinstance(cfg[key], int) or isinstance(cfg[key], bool)):
             raise ConfigError(f"config key '{key}' must be an integer, got {cfg[key]!r}")
+    for key in ("test",):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
+    if "trainer" in sections and "trainer" in cfg:
+        check_trainer(cfg)
+    if "model" in sections and isinstance(cfg.get("model"), DictConfig):
+        check_optimizers(cfg.model, instantiate)
 
 
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:

@@ -16,12 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from genlab.callbacks.resume import Preemption, ResumeState
 from genlab.callbacks.run import RunRecorder
 from genlab.checkpoint import AtomicCheckpointIO
+from genlab.checks import one_line
 from genlab.config import build_named, check_config
-from genlab.errors import GenlabError, Preempted, RunDirectoryInUse
+from genlab.errors import ConfigError, GenlabError, Preempted, RunDirectoryInUse
 from genlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("genlab")
@@ -50,13 +52,16 @@ def build_trainer(
     _write_resolved_config(output_dir, container)
     recorder = RunRecorder(output_dir, container)
     preemption = Preemption(output_dir / "checkpoints" / "last.ckpt", lambda: recorder.finish("preempted"))
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        callbacks=[ResumeState(output_dir), *callbacks, recorder, preemption],
-        logger=loggers or False,
-        default_root_dir=str(output_dir),
-        plugins=[AtomicCheckpointIO()],
-    )
+    try:  # check_trainer checked each key; Lightning judges how they combine (e.g. 16-mixed on a CPU)
+        trainer = pl.Trainer(
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            callbacks=[ResumeState(output_dir), *callbacks, recorder, preemption],
+            logger=loggers or False,
+            default_root_dir=str(output_dir),
+            plugins=[AtomicCheckpointIO()],
+        )
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(f"Lightning refuses the trainer.* settings: {one_line(err)}") from err
     return trainer, recorder
 
 
@@ -130,7 +135,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             if not isinstance(err, GenlabError):
                 raise
             log.error("%s", err)
-            print(f"genlab: error: {err}", file=sys.stderr)
+            print(f"genlab: error: {one_line(err)}", file=sys.stderr)
             sys.exit(1)
         except SystemExit:  # submitit's requeue after a preemption checkpoint: not a failure
             raise

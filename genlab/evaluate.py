@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.cli import run_cli
 from genlab.config import CONF_DIR, build_sampler, check_config, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers
 from genlab.errors import ConfigError
@@ -40,8 +41,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
-def main(cfg: DictConfig) -> dict[str, float]:
+def hydra_main(cfg: DictConfig) -> dict[str, float]:
     return entry_point(evaluate, ("sampler", "logger", "trainer"))(cfg)
+
+
+def main() -> dict[str, float]:
+    """The genlab-eval command."""
+    return run_cli(hydra_main)
 
 
 if __name__ == "__main__":

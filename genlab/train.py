@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from genlab.cli import run_cli
 from genlab.config import CONF_DIR, build_sampler, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, in_multirun
 from genlab.errors import ConfigError
@@ -115,8 +116,13 @@ def train(cfg: DictConfig) -> Optional[float]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> Optional[float]:
+def hydra_main(cfg: DictConfig) -> Optional[float]:
     return entry_point(train, ("dataset", "model", "sampler", "callbacks", "logger", "trainer"))(cfg)
+
+
+def main() -> Optional[float]:
+    """The genlab-train command."""
+    return run_cli(hydra_main)
 
 
 if __name__ == "__main__":
