@@ -34,7 +34,7 @@ def require_positive(prefix: str, **sizes: Any) -> None:
             entries = list(value)
             if not entries or not all(_is_int(v) and v >= 1 for v in entries):
                 raise ConfigError(
-                    f"{key}={entries} must be a non-empty list of integers >= 1 (sizes), e.g. {key}=[32,64]"
+                    f"{key}={entries} must be a non-empty list of integers >= 1 (sizes)"
                 )
         elif not _is_int(value) or value < 1:
             raise ConfigError(f"{key}={value!r} must be an integer >= 1 (a size or count): set {key}=1 or more")
@@ -233,8 +233,9 @@ def _check_max_time(value: Any) -> None:
     from pytorch_lightning.callbacks import Timer
 
     accepted = 'a duration "DD:HH:MM:SS" (e.g. "00:12:00:00" for 12 hours), a mapping such as {hours: 12}, or null'
-    if _is_number(value):
-        accepted += " (in a YAML file quote the duration: a bare 1:00:00:00 is read as a number)"
+    if _is_number(value):  # a YAML file reads a bare 1:00:00:00 as a number (base 60)
+        raise ConfigError(f"trainer.max_time={value!r} is a number, not a duration: use {accepted} "
+                          "(in a YAML file quote the duration: a bare 1:00:00:00 is read as a number)")
     try:
         seconds = Timer(duration=value)._duration
     except Exception as err:  # Lightning: MisconfigurationException; timedelta: TypeError
