@@ -32,11 +32,9 @@ def require_positive(prefix: str, **sizes: Any) -> None:
         key = f"{prefix}.{name}"
         if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
             entries = list(value)
-            if not entries or not all(_is_int(v) and v >= 1 for v in entries):
-                raise ConfigError(
-                    f"{key}={entries} must be a non-empty list of integers >= 1 (sizes)"
-                )
-        elif not _is_int(value) or value < 1:
+            if not entries or not all(is_int(v) and v >= 1 for v in entries):
+                raise ConfigError(f"{key}={entries} must be a non-empty list of integers >= 1 (sizes)")
+        elif not is_int(value) or value < 1:
             raise ConfigError(f"{key}={value!r} must be an integer >= 1 (a size or count): set {key}=1 or more")
 
 
@@ -55,7 +53,8 @@ def cpus_available() -> int:
         return os.cpu_count() or 1
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer, and not a bool (YAML's true is no size)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -83,7 +82,7 @@ def _int_rule(least: int, minus_one: bool = False, none: bool = False) -> tuple[
     """Integers >= least (and -1 = no limit, null where allowed)."""
 
     def ok(v: Any) -> bool:
-        return (none and v is None) or (_is_int(v) and (v >= least or (minus_one and v == -1)))
+        return (none and v is None) or (is_int(v) and (v >= least or (minus_one and v == -1)))
 
     text = f"an integer >= {least}" + (" or -1 (no limit)" if minus_one else "") + (" or null" if none else "")
     return ok, text
@@ -94,7 +93,7 @@ def _batches_rule(zero: bool) -> tuple[Callable[[Any], bool], str]:
     least = 0 if zero else 1
 
     def ok(v: Any) -> bool:
-        if v is None or _is_int(v):
+        if v is None or is_int(v):
             return v is None or v >= least
         return isinstance(v, float) and (0.0 <= v <= 1.0) and (zero or v > 0)
 
@@ -148,7 +147,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return _is_int(value)
+        return is_int(value)
     if hint is float:
         return _is_number(value)
     if hint is str:
@@ -266,7 +265,7 @@ def _check_accelerator(name: Any, cfg: DictConfig) -> str:
     if name == "auto":
         return _select_auto_accelerator()
     backends = ["cuda", "mps"] if name == "gpu" else [name]
-    available = [b for b in backends if b in AcceleratorRegistry and AcceleratorRegistry[b]["accelerator"].is_available()]
+    available = [b for b in backends if AcceleratorRegistry[b]["accelerator"].is_available()]
     if not available:
         raise ConfigError(
             f"{_hardware(cfg)} needs a {name.upper() if name != 'gpu' else 'GPU'} (trainer.accelerator={name}), "

@@ -53,7 +53,9 @@ def explain(err: BaseException) -> Optional[str]:
         if isinstance(cause, OSError) and cause.filename:
             return _run_dir_message(cause)
     if isinstance(err, OverrideParseException):
-        reason = err.message.splitlines()[0].replace(f"LexerNoViableAltException: {err.override}", "a character it cannot read")
+        reason = err.message.splitlines()[0]
+        if reason.startswith("LexerNoViableAltException"):
+            reason = "a character it cannot read"
         return (f"cannot parse the command-line override {err.override!r}: {reason}. Quote values with special "
                 "characters, e.g. 'key=\"a b\"' (grammar: https://hydra.cc/docs/advanced/override_grammar/basic).")
     if isinstance(err, (HydraException, OmegaConfBaseException)):

@@ -12,10 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks.samples import save_grid
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.checks import is_int
 from genlab.cli import run_cli
 from genlab.config import CONF_DIR, build_sampler, check_config, compatible_samplers, instantiate
 from genlab.entry import entry_point
 from genlab.errors import ConfigError
+from genlab.models.base import GenerativeModel
 from genlab.utils import seeded
 
 log = logging.getLogger("genlab")
@@ -23,36 +25,33 @@ log = logging.getLogger("genlab")
 
 def check_arguments(cfg: DictConfig) -> None:
     """genlab-sample's own arguments, before the checkpoint is read."""
-    if not _is_int(cfg.n) or cfg.n < 1:
+    if not is_int(cfg.n) or cfg.n < 1:
         raise ConfigError(f"n={cfg.n!r}: the number of samples must be a positive integer")
-    if cfg.nrow is not None and (not _is_int(cfg.nrow) or cfg.nrow < 1):
-        raise ConfigError(f"nrow={cfg.nrow!r}: the images per grid row must be a positive integer (or null: a square grid)")
-    if cfg.get("interpolate") and (not _is_int(cfg.interpolate_steps) or cfg.interpolate_steps < 2):
+    if cfg.nrow is not None and (not is_int(cfg.nrow) or cfg.nrow < 1):
+        raise ConfigError(f"nrow={cfg.nrow!r}: the images per grid row must be a positive integer "
+                          "(or null: a square grid)")
+    if cfg.get("interpolate") and (not is_int(cfg.interpolate_steps) or cfg.interpolate_steps < 2):
         raise ConfigError(f"interpolate_steps={cfg.interpolate_steps!r} must be an integer >= 2 (the two end points)")
     if cfg.classes is None:
         return
-    classes = list(cfg.classes) if OmegaConf.is_list(cfg.classes) else None
-    if not classes or not all(_is_int(c) and c >= 0 for c in classes):
+    classes = OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes
+    if not isinstance(classes, list) or not classes or not all(is_int(c) and c >= 0 for c in classes):
         raise ConfigError(
-            f"classes={OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes!r} "
-            "must be a non-empty list of class indices (integers >= 0), e.g. classes=[3,7], or null for every "
-            "class in turn"
+            f"classes={classes!r} must be a non-empty list of class indices (integers >= 0), e.g. classes=[3,7], "
+            "or null for every class in turn"
         )
 
 
-def _check_classes(classes: list[int], model: torch.nn.Module) -> None:
+def _check_classes(classes: list[int], model: GenerativeModel) -> None:
     """The classes of genlab-sample against the checkpoint's model."""
     if not model.conditional:
         raise ConfigError("classes= was given but the checkpoint's model is not conditional: leave classes= out")
     bad = [c for c in classes if c >= model.num_classes]
     if bad:
         raise ConfigError(
-            f"classes={classes}: {bad} out of range, the model knows {model.num_classes} classes (0..{model.num_classes - 1})"
+            f"classes={classes}: {bad} out of range, the model knows {model.num_classes} classes "
+            f"(0..{model.num_classes - 1})"
         )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def sample(cfg: DictConfig) -> Path:

@@ -246,3 +246,42 @@ def test_cli_sample_with_an_empty_class_list(bad_input_fixtures, tmp_path):
                   cwd=REPO)
     _one_error_line(result, "classes=[]", "non-empty")
     assert not list(tmp_path.rglob("samples.*"))
+
+
+def _options(group: str) -> list[str]:
+    from genlab.config import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_shipped_experiments_pass_the_checks(experiment, tmp_path):
+    """No false refusals: every experiment's settings (trainer, optimizers) pass as shipped."""
+    from genlab.config import check_config
+
+    check_config(compose_cfg(overrides=[f"experiment={experiment}"], output_dir=tmp_path), TRAIN_SECTIONS)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.max_time=00:12:00:00"], ["+trainer.max_time.hours=2"], ["trainer.limit_train_batches=5"],
+    ["trainer.limit_val_batches=0"], ["trainer.max_epochs=-1", "trainer.max_steps=10"], ["+trainer.num_nodes=1"],
+    ["trainer.precision=bf16-mixed"], ["trainer.gradient_clip_val=0.5", "+trainer.gradient_clip_algorithm=value"],
+    ["hardware=cpu"], ["hardware=ddp_cpu"], ["+model.optimizer.betas=[0.5,0.9]", "+model.optimizer.weight_decay=0"],
+    ["model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:10}"],
+], ids=lambda o: " ".join(o))
+def test_good_values_pass_the_checks(overrides, tmp_path):
+    from genlab.checks import cpus_available
+    from genlab.config import check_config
+
+    if "hardware=ddp_cpu" in overrides and cpus_available() < 2:
+        pytest.skip("two CPU processes need two CPUs")
+
+    check_config(compose_cfg(overrides=overrides, output_dir=tmp_path), TRAIN_SECTIONS)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("hardware", ["gpu", "ddp"])
+def test_gpu_hardware_passes_the_checks_where_there_is_a_gpu(hardware, tmp_path):
+    from genlab.config import check_config
+
+    check_config(compose_cfg(overrides=[f"hardware={hardware}"], output_dir=tmp_path), TRAIN_SECTIONS)
