@@ -106,7 +106,9 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
-    """Fail on a required key left as ??? or a value that does not resolve, naming the key."""
+    """Fail on a required key left as ??? or a value that does not resolve, naming the key; then
+    check the values (genlab.checks): ``trainer.*`` and the model's optimizers, when those
+    sections are asked for."""
     for section in sections:
         if section not in cfg:
             continue

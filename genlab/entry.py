@@ -52,7 +52,7 @@ def build_trainer(
     _write_resolved_config(output_dir, container)
     recorder = RunRecorder(output_dir, container)
     preemption = Preemption(output_dir / "checkpoints" / "last.ckpt", lambda: recorder.finish("preempted"))
-    try:  # check_trainer checked each key; Lightning judges how they combine (e.g. 16-mixed on a CPU)
+    try:  # check_trainer checked the keys and the hardware; the whole Trainer may still refuse some
         trainer = pl.Trainer(
             **OmegaConf.to_container(cfg.trainer, resolve=True),
             callbacks=[ResumeState(output_dir), *callbacks, recorder, preemption],
