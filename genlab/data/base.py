@@ -8,6 +8,7 @@ pixels to floats: each model maps ``x`` into its own space.
 from __future__ import annotations
 
 import copy
+import errno
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -153,7 +154,12 @@ class ImageDataModule(pl.LightningDataModule):
         if self._checked:
             return
         self._check_config()
-        pool, official_test = self._inspect()
+        try:
+            pool, official_test = self._inspect()
+        except OSError as e:  # a symlink loop (ELOOP), a folder without read permission, ...
+            what = "is a symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+            raise DataError(f"{e.filename} {what}: remove it from dataset.root={self.root} or fix it, "
+                            "then run again.") from None
         self._check_num_classes()
         self._check_fractions(pool, official_test)
         self._checked = True

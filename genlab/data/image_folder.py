@@ -139,13 +139,7 @@ class ImageFolderDataModule(ImageDataModule):
             raise DataError(f"dataset.root={root} does not exist: set dataset.root to a folder of images.")
         if not root.is_dir():
             raise DataError(f"dataset.root={root} is not a directory: set dataset.root to a folder of images.")
-        try:
-            files, labels, classes = self._scan(root)
-        except OSError as e:  # a symlink loop (ELOOP), a folder without read permission, ...
-            what = "is a symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
-            raise DataError(
-                f"{e.filename} {what}: remove it from dataset.root={root} or fix it, then run again."
-            ) from None
+        files, labels, classes = self._scan(root)
         self._verify(files)
         if self.num_classes > 0 and self.num_classes != len(classes):
             found = (
