@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity, extract_archive
 
-from genlab.data.base import ImageDataModule, TensorImages, convert_images
+from genlab.data.base import ImageDataModule, TensorImages, convert_images, refuse_dangling_link
 from genlab.errors import DataError
 
 POOLS = ("official", "train", "test")
@@ -100,6 +100,7 @@ class TorchvisionDataModule(ImageDataModule):
                 f"dataset.root is not set: set dataset.root=<folder> where torchvision finds or "
                 f"downloads {self.name} (e.g. dataset.root=data)."
             )
+        refuse_dangling_link(self.root)
         if self.root.exists() and not self.root.is_dir():
             raise DataError(f"dataset.root={self.root} is not a directory: point it at a folder.")
         self._fetch()
