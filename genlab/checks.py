@@ -14,6 +14,7 @@ import inspect
 import os
 import typing
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, Literal, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
