@@ -18,6 +18,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.checks import one_line
+from genlab.lock import cannot_create_run_directory
 
 
 def run_cli(hydra_main: Callable[[], Any]) -> Any:
@@ -51,7 +52,7 @@ def explain(err: BaseException) -> Optional[str]:
             return f"a config file is not valid YAML: {one_line(cause)}. Fix the file."
     for cause in causes:
         if isinstance(cause, OSError) and cause.filename:
-            return _run_dir_message(cause)
+            return cannot_create_run_directory(Path(cause.filename), cause.strerror)
     if isinstance(err, OverrideParseException):
         reason = err.message.splitlines()[0]
         if reason.startswith("LexerNoViableAltException"):
@@ -69,7 +70,7 @@ def _raised_by_the_job(err: BaseException) -> bool:
     import traceback
 
     entry = str(Path(__file__).with_name("entry.py"))
-    return any(frame.filename == entry for frame in traceback.extract_tb(err.__traceback__))
+    return any(frame.filename == entry and frame.name == "run_job" for frame in traceback.extract_tb(err.__traceback__))
 
 
 def _chain(err: BaseException) -> list[BaseException]:
@@ -78,12 +79,3 @@ def _chain(err: BaseException) -> list[BaseException]:
         chain.append(err)
         err = err.__cause__ or err.__context__
     return chain
-
-
-def _run_dir_message(err: OSError) -> str:
-    """Hydra makes the run directory (and its log file) before the entry point runs."""
-    path = Path(err.filename)
-    blocking = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
-    why = f"{blocking} is a file, not a folder" if blocking else err.strerror
-    return (f"cannot create the run directory {path}: {why}. Choose another run directory "
-            "(hydra.run.dir=..., or paths.log_dir=... for where runs go).")

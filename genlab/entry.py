@@ -201,7 +201,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
     """
 
     @functools.wraps(fn)
-    def run(cfg: DictConfig) -> Any:
+    def run_job(cfg: DictConfig) -> Any:
         output_dir = Path(cfg.paths.output_dir)
         owned = False
         try:
@@ -234,7 +234,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             return None  # no objective measured: a failed trial for Optuna, not a crashed study
         return result
 
-    return run
+    return run_job
 
 
 def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
