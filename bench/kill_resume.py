@@ -26,18 +26,15 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's genlab, and the test's helpers
 
-from test_resume import Watched, assert_same_result, checkpoint_files, cli, env, saved_step  # noqa: E402
+from test_resume import (  # noqa: E402
+    Watched, assert_same_result, checkpoint_files, cli, env, metrics_final, saved_step)
 
 
 def moments(run: Path) -> dict[str, Callable[[Watched], Callable[[], bool]]]:
     def saving_after(step: int) -> Callable[[Watched], Callable[[], bool]]:
         return lambda w: lambda: saved_step(run) >= step and any((run / "checkpoints").glob(".*.tmp"))
-
-    def metrics_has(name: str) -> Callable[[], bool]:
-        path = run / "metrics.json"
-        return lambda: path.exists() and name in json.loads(path.read_text()).get("final", {})
 
     return {
         "before any checkpoint (step ~3)": lambda w: lambda: (run / "config_resolved.yaml").exists()
@@ -46,14 +43,14 @@ def moments(run: Path) -> dict[str, Callable[[Watched], Callable[[], bool]]]:
         "during a step checkpoint's save": saving_after(0),
         "mid-epoch 1": lambda w: lambda: saved_step(run) >= 28,
         "during the first validation": lambda w: w.printed("bits/dim (vae) is an upper bound"),
-        "at a validation's end, before its checkpoint": lambda w: lambda: saved_step(run) <= 42 and metrics_has("val/bpd")(),
+        "at a validation's end, before its checkpoint": lambda w: lambda: saved_step(run) <= 42 and "val/bpd" in metrics_final(run),
         "right after a validation-end checkpoint": lambda w: lambda: saved_step(run) == 46,
         "during the save after a validation-end checkpoint": saving_after(46),
         "in the last epoch": lambda w: lambda: saved_step(run) >= 105,
         "right after the end-of-training checkpoint": lambda w: lambda: saved_step(run) == 115,
         "as the test starts": lambda w: w.printed("testing the best checkpoint"),
         "during the test": lambda w: w.printed("Loaded model weights from the checkpoint"),
-        "after the test, before the run is marked completed": lambda w: metrics_has("test/bpd"),
+        "after the test, before the run is marked completed": lambda w: lambda: "test/bpd" in metrics_final(run),
     }
 
 

@@ -74,6 +74,11 @@ def saved_step(run_dir: Path) -> int:
         return -1
 
 
+def metrics_final(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "metrics.json"  # written from the first epoch's end on
+    return json.loads(path.read_text())["final"] if path.exists() else {}
+
+
 def checkpoint_files(run_dir: Path) -> list[str]:
     folder = run_dir / "checkpoints"
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
@@ -145,6 +150,7 @@ def test_kill_9_at_many_moments_then_rerun_resumes_exactly(whole, tmp_path):
         ("right after the end-of-training checkpoint", lambda w: lambda: saved_step(run) == 115),
         ("as the test starts", lambda w: w.printed("testing the best checkpoint")),
         ("during the test", lambda w: w.printed("Loaded model weights from the checkpoint")),
+        ("after the test, before the run is marked completed", lambda w: lambda: "test/bpd" in metrics_final(run)),
     ]
     resumed_from = []
     for what, moment in moments:
@@ -370,9 +376,9 @@ def test_a_killed_save_leaves_a_temporary_file_that_the_next_start_removes(tmp_p
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     writer = subprocess.Popen([sys.executable, "-c", (
         "import sys, time, torch\n"
-        "from genlab.checkpoint import AtomicCheckpointIO\n"
-        "from genlab.utils import atomic_file\n"
-        "AtomicCheckpointIO().save_checkpoint({'global_step': 3, 'w': torch.ones(3)}, sys.argv[1])\n"
+        "from genlab.utils import atomic_file\n"  # what AtomicCheckpointIO writes with
+        "with atomic_file(sys.argv[1], 'wb') as file:\n"
+        "    torch.save({'global_step': 3, 'w': torch.ones(3)}, file)\n"
         "saving = atomic_file(sys.argv[1], 'wb')\n"
         "file = saving.__enter__()\n"
         "file.write(b'the start of the next checkpoint'); file.flush()\n"

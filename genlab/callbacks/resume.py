@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.errors import Preempted
@@ -43,6 +44,7 @@ class ResumeState(pl.Callback):
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
+        self._resumed_at = 0  # the step of the checkpoint this fit resumes from
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -62,9 +64,15 @@ class ResumeState(pl.Callback):
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The steps after the checkpoint (all of them, for a run started over) are logged again.
-        truncate_csv_history(self.output_dir, trainer.global_step)
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # not the best checkpoint the test loads
+            self._resumed_at = checkpoint["global_step"]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # What was logged after the checkpoint (everything, for a run started over) is logged
+        # again; also the test values of a run killed after its test, whose fit has nothing
+        # left to train (Lightning then calls no on_train_start).
+        truncate_csv_history(self.output_dir, self._resumed_at)
 
 
 class Preemption(pl.Callback):
