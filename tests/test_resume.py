@@ -1,7 +1,6 @@
 """Runs that lose nothing: automatic resume, preemption, atomic checkpoints, NaN stops."""
 
 import csv
-import errno
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from genlab.errors import CheckpointError, RunDirectoryInUse, TrainingDiverged
 from genlab.models.vae import VAE
 from genlab.resume import plan_start
 from genlab.train import train
-from genlab.utils import atomic_file, atomic_write_json
+from genlab.utils import atomic_write_json
 
 from conftest import compose_cfg
 
