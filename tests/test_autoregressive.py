@@ -140,6 +140,38 @@ def test_sampling_is_reproducible_and_the_cached_path_matches_the_uncached_one(n
         assert model.rows_needed < 8  # the window really was smaller than the image
 
 
+class RecordingSampler(AutoregressiveSampler):
+    """Keeps the logits of every draw, in drawing order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        self.seen.append(logits.clone())
+        return super().draw(logits)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 6, 5)], ids=["mnist", "rgb-non-square"])
+@pytest.mark.parametrize("name", ["ar_transformer", "pixelcnn"])
+def test_every_sampled_sub_pixel_is_drawn_from_the_teacher_forced_conditional(name, shape):
+    # The logits the sampler draws each sub-pixel from (cache, window) are those of one full
+    # teacher-forced pass over the finished sample, at every position of a 28x28 raster.
+    model = tiny(name, shape)
+    with torch.no_grad():  # weights large enough that each conditional depends on its context
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    sampler = RecordingSampler()
+    with seeded(0):
+        x = sampler.sample(model, 3)
+    c, h, w = shape
+    full = model.logits(x).view(3, c, 256, h, w).permute(0, 3, 4, 1, 2).reshape(3, h * w * c, 256)
+    drawn = torch.stack(sampler.seen, 1)
+    assert drawn.shape == full.shape
+    assert torch.allclose(drawn, full, rtol=0, atol=1e-9)
+    assert len(x.unique()) > 20  # the conditionals are far from constant: a wrong context would show
+
+
 @pytest.mark.parametrize("name", ["pixelcnn", "gated_pixelcnn"])
 def test_the_conv_sampling_window_gives_exact_logits_and_is_no_larger_than_needed(name):
     shape = (3, 13, 13)
