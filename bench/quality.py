@@ -17,10 +17,10 @@ network it is measured with.
 
 Command line (prints the scores as JSON, writes a sample grid)::
 
-    python -m bench.quality EXPERIMENT [--quick] [--grid PNG] [--json FILE] [OVERRIDE ...]
+    python -m bench.quality NAME [--quick] [--grid PNG] [--json FILE] [OVERRIDE ...]
 
-``--quick`` adds the sized-down overrides the test uses (``QUICK``); without it the experiment
-runs as shipped, plus the given overrides.
+With ``--quick``, NAME is a case of ``CASES`` run exactly as the test runs it (its floor is checked
+and the misses reported); without it, NAME is an experiment run as shipped, plus the overrides.
 """
 
 from __future__ import annotations
@@ -87,21 +87,42 @@ class IndependentClassifier:
 
 @dataclass(frozen=True)
 class Floor:
-    """What a shipped experiment must reach at the test's size (None: not checked)."""
+    """What a case must reach (None: not checked)."""
 
-    fid: float  # val/fid_classifier at most
+    fid: float  # val/fid_<extractor> at most
     bpd: Optional[float] = None  # val/bpd at most (families with a likelihood)
     accuracy: Optional[float] = None  # conditional: share of class-k samples classified k, at least
     confidence: Optional[float] = None  # mean classifier confidence of the samples, at least
 
 
-#: The tests' sizing of each digits experiment (its run is ~30-60 s on one core): validation
-#: (bits/dim on the 180 val digits, FID with 1,000 samples) once, at the end; no test stage.
-QUICK: dict[str, tuple[str, ...]] = {}
+@dataclass(frozen=True)
+class Case:
+    """A shipped experiment as the test trains it: sized down (a run of ~30-60 s on one core,
+    validated once, at the end: bits/dim on the 180 val digits, FID with 1,000 samples), and
+    the floor it must reach at that size."""
 
-#: Each experiment's floor at its QUICK size; measured values, and those of the defects it must
-#: catch, are in bench/quality.md.
-FLOORS: dict[str, Floor] = {}
+    experiment: str
+    epochs: int
+    floor: Floor
+    extra: tuple[str, ...] = ()  # further overrides (a documented variant of the experiment)
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return (f"trainer.max_epochs={self.epochs}", f"trainer.check_val_every_n_epoch={self.epochs}", *self.extra)
+
+
+#: The digits cases of tests/test_quality.py. The measured values, the shipped-length values and
+#: those of the defects each floor must catch are in bench/quality.md.
+CASES: dict[str, Case] = {
+    "autoregressive_digits": Case("autoregressive_digits", 20, Floor(fid=20.0, bpd=2.3, accuracy=0.8)),
+    "cvae_digits": Case("cvae_digits", 30, Floor(fid=15.0, bpd=4.2, accuracy=0.9)),
+    "dcgan_digits": Case("dcgan_digits", 20, Floor(fid=12.0, confidence=0.55)),
+    "ddpm_digits": Case("ddpm_digits", 20, Floor(fid=15.0, confidence=0.6)),
+    "flow_glow_digits": Case("flow_glow_digits", 30, Floor(fid=15.0, bpd=5.4, confidence=0.5)),
+    "flow_nice_digits": Case("flow_nice_digits", 30, Floor(fid=30.0, bpd=6.0, confidence=0.5)),
+    "flow_realnvp_digits": Case("flow_realnvp_digits", 20, Floor(fid=16.0, bpd=5.3, confidence=0.5)),
+    "vae_digits": Case("vae_digits", 60, Floor(fid=18.0, bpd=4.15, confidence=0.65)),
+}
 
 FIXED = ("test=false", "logger=none", "trainer.enable_progress_bar=false", "callbacks.samples=null")
 
@@ -195,9 +216,9 @@ def datamodule_of(experiment: str, overrides: Sequence[str]) -> Any:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment")
+    parser.add_argument("name", help="an experiment (run as shipped), or with --quick a case of CASES")
     parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--quick", action="store_true", help="the test's sizing (QUICK) before the overrides")
+    parser.add_argument("--quick", action="store_true", help="run the case NAME as the test does, check its floor")
     parser.add_argument("--run-dir", type=Path, help="default: a new temporary directory")
     parser.add_argument("--grid", type=Path, help="write 100 samples as a PNG grid here")
     parser.add_argument("--json", type=Path, help="append the scores as one JSON line to this file")
@@ -205,15 +226,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--max-train", type=int, default=None, help="classifier: at most this many train images")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    overrides = [*(QUICK.get(args.experiment, ()) if args.quick else ()), *args.overrides]
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"quality_{args.experiment}_"))
-    classifier = IndependentClassifier(datamodule_of(args.experiment, overrides), max_train=args.max_train)
-    scores = score_experiment(args.experiment, overrides, run_dir, classifier, n=args.n, grid=args.grid)
+    case = CASES[args.name] if args.quick else None
+    experiment = case.experiment if case else args.name
+    overrides = [*(case.overrides if case else ()), *args.overrides]
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"quality_{args.name}_"))
+    classifier = IndependentClassifier(datamodule_of(experiment, overrides), max_train=args.max_train)
+    scores = score_experiment(experiment, overrides, run_dir, classifier, n=args.n, grid=args.grid)
     scores["run_dir"] = str(run_dir)
-    floor = FLOORS.get(args.experiment) if args.quick else None
-    if floor is not None:
-        scores["floor"] = floor.__dict__
-        scores["missed"] = failures(scores, floor)
+    if case is not None:
+        scores["case"] = args.name
+        scores["floor"] = case.floor.__dict__
+        scores["missed"] = failures(scores, case.floor)
     text = json.dumps(scores)
     print(text)
     if args.json:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.quality import FLOORS, QUICK, IndependentClassifier, datamodule_of, failures, score_experiment
+from bench.quality import CASES, IndependentClassifier, datamodule_of, failures, score_experiment
 
 DIGITS_EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*_digits.yaml"))
 
@@ -28,7 +28,7 @@ def classifier() -> IndependentClassifier:
 
 
 def test_every_digits_experiment_has_a_floor():
-    assert sorted(FLOORS) == sorted(QUICK) == DIGITS_EXPERIMENTS
+    assert sorted({case.experiment for case in CASES.values()}) == DIGITS_EXPERIMENTS
 
 
 def test_the_independent_classifier_knows_digits_from_noise(classifier):
@@ -42,11 +42,12 @@ def test_the_independent_classifier_knows_digits_from_noise(classifier):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "experiment",
+    "name",
     [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[name]))
-     if name in KNOWN_DEFECTS else name for name in DIGITS_EXPERIMENTS],
+     if name in KNOWN_DEFECTS else name for name in CASES],
 )
-def test_experiment_meets_its_quality_floor(experiment, classifier, tmp_path):
-    scores = score_experiment(experiment, QUICK[experiment], tmp_path / "run", classifier)
-    missed = failures(scores, FLOORS[experiment])
-    assert not missed, f"{experiment}: {'; '.join(missed)} (scores {scores})"
+def test_experiment_meets_its_quality_floor(name, classifier, tmp_path):
+    case = CASES[name]
+    scores = score_experiment(case.experiment, case.overrides, tmp_path / "run", classifier)
+    missed = failures(scores, case.floor)
+    assert not missed, f"{name}: {'; '.join(missed)} (scores {scores})"
