@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (c): DDPM on MNIST on this CPU in at most 20 minutes, through genlab-train.
-# The 10,000 real MNIST images of ../shared/data/mnist are split 80/10/10 (dataset.pool=test);
-# a deliberately small UNet (ch=16, mult 1,2,2, one block per level, ~0.27M parameters) trained
+# The 10,000 real MNIST images of ../shared/data/mnist (or $MNIST_RAW) are split 80/10/10 (dataset.pool=test);
+# a deliberately small UNet (ch=16, mult 1,2,2, one block per level, ~0.29M parameters) trained
 # for a fixed number of epochs, then one validation: bits/dim (bound, 10 of T=1000 terms,
 # stratified) on the 1000 val images, FID (offline classifier extractor, 500 DDIM-20 samples vs
 # the 1000 val images) and a sample grid. Copies metrics.json and the grid to bench/results/.
@@ -15,7 +15,7 @@ work=$(mktemp -d)
 # by the dataset's identity, which includes its path; later runs reuse it.
 data=${GENLAB_CACHE_DIR:-$HOME/.cache/genlab}/bench-data/mnist
 mkdir -p "$data/MNIST/raw" bench/results
-cp -n ../shared/data/mnist/*.gz "$data/MNIST/raw/"
+cp -n "${MNIST_RAW:-../shared/data/mnist}"/*.gz "$data/MNIST/raw/"
 start=$(date +%s)
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} GENLAB_LOG_DIR="$work/outputs" WANDB_MODE=offline \
     $py -m genlab.train experiment=ddpm_mnist dataset.root="$data" dataset.pool=test \

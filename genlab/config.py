@@ -6,9 +6,14 @@ message that names the key, what is wrong and the fix.
 
 from __future__ import annotations
 
+import collections.abc
+import difflib
+import inspect
 import logging
 import os
 import secrets
+import types
+import typing
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.errors import ConfigError, GenlabError
+from genlab.trust import check_targets
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,8 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
-    """Fail on a required key left as ??? or a value that does not resolve, naming the key."""
+    """Fail on a required key left as ??? or a value that does not resolve, or a key that the
+    class to be built does not take, naming the key."""
     for section in sections:
         if section not in cfg:
             continue
@@ -122,13 +129,102 @@ def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None) or section
             raise ConfigError(f"config key '{key}' cannot be resolved: {err.msg}") from None
+        if isinstance(cfg[section], DictConfig):
+            check_keys(cfg[section], section)
     for key in ("seed",):
         if key in cfg and not isinstance(cfg[key], int):
             raise ConfigError(f"config key '{key}' must be an integer, got {cfg[key]!r}")
 
 
+def _group_choice(key: str) -> str:
+    """' (model=pixelcnn, experiment=...)': the choices behind a key, when Hydra knows them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    choices = HydraConfig.get().runtime.choices
+    named = [f"{group}={choices[group]}" for group in (key.split(".")[0], "experiment") if choices.get(group)]
+    return f" ({', '.join(named)})" if named else ""
+
+
+def _kind(annotation: Any) -> Optional[str]:
+    """"list" or "value" for a parameter annotated with a sequence or a scalar type, else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = {_kind(a) for a in typing.get_args(annotation) if a is not type(None)}
+        return kinds.pop() if len(kinds) == 1 else None
+    if annotation in (int, float, str, bool):
+        return "value"
+    if (typing.get_origin(annotation) or annotation) in (list, tuple, collections.abc.Sequence):
+        return "list"
+    return None
+
+
+def _foreign_keys(node: Any, key: str) -> list[tuple[str, str]]:
+    """(path, why) of each key in ``node`` (and the nodes nested in it) that the constructor
+    its ``_target_`` names does not take, or takes as a list where the config gives one value (or
+    the reverse). Targets that take ``**kwargs`` accept any key."""
+    found = []
+    for child in node.keys():
+        if not str(child).startswith("_") and isinstance(node._get_node(child), DictConfig):
+            found += _foreign_keys(node[child], f"{key}.{child}")
+    if not isinstance(node.get("_target_"), str):
+        return found
+    try:
+        target = hydra.utils.get_object(node._target_)
+        parameters = inspect.signature(target).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return found  # instantiate names what is wrong with the target itself
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return found
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # an annotation that does not evaluate: no type check
+        hints = {}
+    for name in node.keys():
+        if str(name).startswith("_"):
+            continue
+        path = f"{key}.{name}"
+        if name not in parameters or parameters[name].kind not in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                                   inspect.Parameter.KEYWORD_ONLY):
+            close = difflib.get_close_matches(str(name), [p for p in parameters if not p.startswith("_")], n=1)
+            hint = f" (did you mean {key}.{close[0]}?)" if close else ""
+            found.append((path, f"not a setting of {node._target_}{hint}"))
+            continue
+        value = node[name]  # resolved: check_config resolves every value before this check
+        given = "list" if isinstance(value, ListConfig) else None if value is None or isinstance(value, DictConfig) \
+            else "value"
+        wanted = _kind(hints.get(name))
+        if given and wanted and given != wanted:
+            found.append((path, f"{node._target_} takes "
+                                + ("one value where the config gives a list" if wanted == "value"
+                                   else "a list where the config gives one value")))
+    return found
+
+
+def check_keys(node: DictConfig, key: str) -> None:
+    """Refuse keys the class to be built does not take, or takes in another shape (a key mistyped,
+    or one that an experiment sets for its own model when ``model=`` picks another), naming them
+    and how to drop them."""
+    foreign = _foreign_keys(node, key)
+    if not foreign:
+        return
+    paths = [path for path, _ in foreign]
+    what = "; ".join(f"{path}: {why}" for path, why in foreign)
+    one = len(paths) == 1
+    raise ConfigError(
+        f"{what}{_group_choice(key)}. An experiment sets {'it' if one else 'them'} for the {key} it was "
+        f"written for, or {'it is' if one else 'they are'} mistyped: drop {'it' if one else 'them'} "
+        f"with `{' '.join('~' + p for p in paths)}` on the command line."
+    )
+
+
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate with errors that name the config key."""
+    """hydra.utils.instantiate with errors that name the config key. Every object genlab builds
+    from a config comes through here: each ``_target_`` in ``node`` (and in config ``kwargs``) must
+    be on genlab's allow-list (``genlab.trust``), whatever the config's source."""
+    check_targets(node, "the config of this command", key)
+    for name, value in kwargs.items():
+        check_targets(value, "the config of this command", f"{key}.{name}")
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except Exception as err:  # Hydra wraps constructor errors; unwrap genlab's own

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import json
 import logging
 import math
+import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
+import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from genlab.callbacks.resume import Preemption, ResumeState
+from genlab.callbacks.resume import STOP_SIGNALS, Preemption, ResumeState
 from genlab.callbacks.run import RunRecorder
 from genlab.checkpoint import AtomicCheckpointIO
-from genlab.config import build_named, check_config
-from genlab.errors import GenlabError, Preempted, RunDirectoryInUse
+from genlab.config import CONF_DIR, build_named, check_config
+from genlab.errors import GenlabError, Interrupted, Preempted, RunDirectoryInUse
+from genlab.lock import RunDirectory, lock_run_directory
+from genlab.trust import command_line_is_trusted
 from genlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("genlab")
@@ -49,7 +55,8 @@ def build_trainer(
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     _write_resolved_config(output_dir, container)
     recorder = RunRecorder(output_dir, container)
-    preemption = Preemption(output_dir / "checkpoints" / "last.ckpt", lambda: recorder.finish("preempted"))
+    preemption = Preemption(output_dir / "checkpoints" / "last.ckpt",
+                            lambda status, signal_name: recorder.finish(status, signal=signal_name))
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         callbacks=[ResumeState(output_dir), *callbacks, recorder, preemption],
@@ -81,10 +88,20 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _close_wandb(exit_code: int) -> None:
+    """Close an open W&B run (the next job of a sweep in this process gets its own)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        try:
+            wandb.finish(exit_code=exit_code)
+        except Exception as finish_err:  # never hide the job's own error behind this one
+            log.warning("could not close the W&B run: %s", finish_err)
+
+
 @rank_zero_only
 def _mark_failed(output_dir: Path, err: BaseException) -> None:
     """FAILED.json with the error; a metrics.json written before the failure says so too; an
-    open W&B run is closed as failed (the next job of a sweep in this process gets its own)."""
+    open W&B run is closed as failed."""
     atomic_write_json(
         output_dir / "FAILED.json",
         {"status": "failed", "error": type(err).__name__, "message": str(err),
@@ -93,54 +110,143 @@ def _mark_failed(output_dir: Path, err: BaseException) -> None:
     metrics = output_dir / "metrics.json"
     if metrics.is_file():
         atomic_write_json(metrics, {**json.loads(metrics.read_text()), "status": "failed"})
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        try:
-            wandb.finish(exit_code=1)
-        except Exception as finish_err:  # never hide the job's own error behind this one
-            log.warning("could not close the W&B run: %s", finish_err)
+    _close_wandb(1)
+
+
+@rank_zero_only
+def _mark_interrupted(output_dir: Path, err: Interrupted) -> None:
+    """metrics.json says ``interrupted`` and by which signal (the run is resumable)."""
+    metrics = output_dir / "metrics.json"
+    try:
+        data = json.loads(metrics.read_text())
+    except (OSError, ValueError):  # interrupted before the run recorded anything
+        data = {"final": {}, "best": {}}
+    atomic_write_json(metrics, {**data, "status": "interrupted", "signal": err.signal_name})
+    log.warning("%s", err)
+    _close_wandb(128 + err.signum)
+
+
+def _record(run_dir: RunDirectory, err: BaseException) -> None:
+    """Record why the attempt ended, in a directory it owns only: a refused command leaves the
+    run that is there untouched."""
+    if not run_dir.owned or isinstance(err, (SystemExit, RunDirectoryInUse, Preempted)):
+        return  # SystemExit: submitit's requeue after a preemption checkpoint, not a failure
+    if isinstance(err, Interrupted):
+        _mark_interrupted(run_dir.path, err)
+    else:
+        _mark_failed(run_dir.path, err)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``Interrupted`` wherever the process is (a training run
+    checkpoints first: ``Preemption`` takes the signals over while it trains)."""
+
+    def interrupt(signum: int, frame: Any) -> NoReturn:
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_IGN:  # e.g. SIGINT of a background job
+            continue
+        with contextlib.suppress(ValueError):  # not the main thread: signals cannot be caught
+            previous[signum] = signal.signal(signum, interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def report_error(err: GenlabError) -> NoReturn:
+    """One ``genlab: error:`` line on stderr and exit status 1."""
+    print(f"genlab: error: {err}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _exit_interrupted(err: Interrupted | KeyboardInterrupt) -> NoReturn:
+    """Exit status 128 + the signal number; a sweep also records the jobs that never ran."""
+    if not isinstance(err, Interrupted):
+        err = Interrupted(signal.SIGINT)
+    if in_multirun() and rank_zero_only.rank == 0:
+        from hydra.core.hydra_config import HydraConfig
+
+        from genlab.report import record_interrupted_sweep
+
+        hydra_cfg = HydraConfig.get()
+        stopped = record_interrupted_sweep(Path(hydra_cfg.sweep.dir), str(hydra_cfg.job.num), err.signal_name)
+        log.error("%s", stopped)
+        err = Interrupted(err.signum, f"{err}\ngenlab: {stopped}")
+    print(f"genlab: {err}", file=sys.stderr)
+    sys.exit(128 + err.signum)
 
 
 def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> Callable[[DictConfig], Any]:
-    """Wrap a plain ``fn(cfg)`` for ``hydra.main``: check the config first; on any error record
-    ``FAILED.json`` in the run directory (so it never looks like a result).
+    """Wrap a plain ``fn(cfg)`` for ``hydra.main``: take the run directory's lock, check the
+    config, run; on an error record ``FAILED.json`` in the run directory (so it never looks like
+    a result), if the directory is this attempt's own (new, or a run it resumed).
 
     A single run prints genlab's own errors as one clear line (exit status 1) and lets any other
     error raise. A job of a sweep (multirun) that fails with any Exception is recorded, logged,
     and returns None, so that the sweep runs on: Hydra's basic sweeper starts the next job and
     Optuna's sweeper records a failed trial. (None, not NaN: optuna 2.10 cannot mark a trial
     that returned NaN as failed and the sweep would crash.) The sweep's summary and exit status
-    come from ``genlab.report.SweepSummary`` at its end.
+    come from ``genlab.report.SweepSummary`` at its end. SIGTERM and SIGINT stop a run, or a
+    whole sweep, with exit status 128 + the signal number (``Interrupted``).
     """
 
     @functools.wraps(fn)
     def run(cfg: DictConfig) -> Any:
         output_dir = Path(cfg.paths.output_dir)
+        owned = False
         try:
-            check_config(cfg, sections)
-            result = fn(cfg)
+            with interrupt_on_signals():
+                run_dir = lock_run_directory(output_dir)
+                try:
+                    check_config(cfg, sections)
+                    result = fn(cfg)
+                except BaseException as err:
+                    _record(run_dir, err)
+                    raise
+                finally:
+                    owned = run_dir.owned
+                    run_dir.release()
+        except (Interrupted, KeyboardInterrupt) as err:
+            _exit_interrupted(err)
         except Exception as err:
-            # a refused run directory is not this run's failure; a preempted run is resumable
-            if not isinstance(err, (RunDirectoryInUse, Preempted)):
-                _mark_failed(output_dir, err)
             if in_multirun():
                 log.error("job failed, the sweep runs on: %s: %s (%s)", type(err).__name__, err, output_dir,
                           exc_info=not isinstance(err, GenlabError))
                 return None
             if not isinstance(err, GenlabError):
                 raise
-            log.error("%s", err)
-            print(f"genlab: error: {err}", file=sys.stderr)
-            sys.exit(1)
-        except SystemExit:  # submitit's requeue after a preemption checkpoint: not a failure
-            raise
-        except BaseException as err:  # interrupted: recorded, and the sweep stops too
-            _mark_failed(output_dir, err)
-            raise
-        if rank_zero_only.rank == 0:  # a later success supersedes an earlier failure here
+            if owned:  # the log file of a run this attempt does not own stays as it was
+                log.error("%s", err)
+            report_error(err)
+        if owned and rank_zero_only.rank == 0:  # a later success supersedes an earlier failure here
             (output_dir / "FAILED.json").unlink(missing_ok=True)
         if in_multirun() and isinstance(result, float) and math.isnan(result):
             return None  # no objective measured: a failed trial for Optuna, not a crashed study
         return result
 
     return run
+
+
+def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """``hydra.main`` over genlab's conf/ for an entry point's ``main``. Before Hydra reads any
+    config, the directories the command line adds (``--config-dir``, ``--config-path``,
+    ``hydra.searchpath``) are checked: Hydra builds callbacks, launchers and sweepers from them
+    before genlab's code runs, so a ``_target_`` off genlab's allow-list is refused first."""
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        run = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)
+
+        @functools.wraps(task)
+        def main(cfg: Optional[DictConfig] = None) -> Any:
+            if cfg is None:
+                command_line_is_trusted(inspect.getfile(task))
+            return run(cfg)
+
+        return main
+
+    return decorate

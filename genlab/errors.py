@@ -1,5 +1,7 @@
 """Errors that stop a run before work is wasted. Each message names the key or file and the fix."""
 
+import signal
+
 
 class GenlabError(Exception):
     """Base class: the entry points print these as one clear line instead of a traceback."""
@@ -7,6 +9,10 @@ class GenlabError(Exception):
 
 class ConfigError(GenlabError):
     """A config key is missing, unknown or has a value that cannot work."""
+
+
+class UntrustedConfig(ConfigError):
+    """A checkpoint or config names code genlab does not build (a ``_target_`` off the allow-list)."""
 
 
 class DataError(GenlabError):
@@ -27,3 +33,18 @@ class TrainingDiverged(GenlabError):
 
 class Preempted(GenlabError):
     """The cluster warned that the job will be stopped; the run checkpointed and stopped."""
+
+
+class RunDirectoryLocked(RunDirectoryInUse):
+    """Another process holds the run directory's lock (it is training or evaluating there)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT stopped the run (a training run checkpoints first). A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way swallows it; the entry point
+    records it and exits with status 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(message or f"the run was interrupted by {self.signal_name}")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
-from genlab.config import CONF_DIR, build_sampler, check_config, instantiate
-from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers
+from genlab.config import build_sampler, check_config, instantiate
+from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main
 from genlab.errors import ConfigError
 
 log = logging.getLogger("genlab")
@@ -27,7 +26,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.dataset, "dataset")
     datamodule.check()
-    model = load_model(checkpoint, cfg.model)
+    model = load_model(checkpoint, cfg.model, f"ckpt={cfg.ckpt}")
     model.sampler = build_sampler(cfg.sampler, model)
     trainer, recorder = build_trainer(cfg, build_callbacks(cfg, datamodule), output_dir)
 
@@ -39,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return recorder.final
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+@hydra_main("eval")
 def main(cfg: DictConfig) -> dict[str, float]:
     return entry_point(evaluate, ("sampler", "logger", "trainer"))(cfg)
 

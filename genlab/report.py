@@ -3,8 +3,10 @@
     genlab-report outputs/train/multirun/<date>_<time>_<id> [--out DIR] [--metrics val/bpd ...]
 
 Reads every job directory of the sweep (a folder holding ``.hydra/``): its overrides, its config,
-``metrics.json`` (status, final and best values) and ``FAILED.json``. Works offline, on a sweep
-that is still running, and on Optuna sweeps (their ``optimization_results.yaml``).
+``metrics.json`` (status, final and best values) and ``FAILED.json``, and the sweep's
+``INTERRUPTED.json`` (the jobs a signal kept from running). Works offline, on a sweep that is
+still running, on one whose files were cut short, and on Optuna sweeps (their
+``optimization_results.yaml``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab.errors import GenlabError
+from genlab.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
+
+#: in a sweep directory: the signal that stopped the sweep and the jobs that never ran
+INTERRUPTED = "INTERRUPTED.json"
 
 
 class NotASweep(GenlabError):
@@ -38,7 +44,9 @@ class Job:
 
     name: str  # the job directory, relative to the sweep directory
     overrides: dict[str, str]
-    status: str  # completed, failed, or running (no metrics.json yet, or status running)
+    #: completed, failed, interrupted, preempted, running (no metrics.json yet, or status running),
+    #: unreadable (metrics.json damaged) or not run (a signal stopped the sweep before it)
+    status: str
     objective: Optional[str] = None
     objective_mode: str = "min"
     model: Optional[str] = None
@@ -57,26 +65,42 @@ def _natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _load_yaml(path: Path) -> Optional[DictConfig]:
+def _load_yaml(path: Path, problems: Optional[list[str]] = None) -> Optional[Any]:
     try:
         return OmegaConf.load(path) if path.is_file() else None
-    except Exception as err:  # a half-written file of a running job
+    except Exception as err:  # a file cut short or damaged
         log.warning("cannot read %s: %s", path, err)
+        if problems is not None:
+            problems.append(f"{path.name} cannot be read ({_first_line(err)})")
         return None
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def _select(conf: Optional[DictConfig], key: str) -> Any:
-    if conf is None:
+    if not isinstance(conf, DictConfig):
         return None
     return OmegaConf.select(conf, key, default=None, throw_on_resolution_failure=False)
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def _read_json(path: Path, problems: Optional[list[str]] = None) -> Optional[dict]:
+    """The JSON object in ``path``; None when there is no such file, or (said in ``problems``)
+    when it cannot be read or is not an object."""
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
+        data = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError) as err:
-        log.warning("cannot read %s: %s", path, err)
+        data, problem = None, f"{path.name} cannot be read ({_first_line(err)})"
+    else:
+        problem = None if data is None or isinstance(data, dict) else f"{path.name} does not hold a JSON object"
+    if problem is not None:
+        log.warning("%s: %s", path.parent, problem)
+        if problems is not None:
+            problems.append(problem)
         return None
+    return data
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
@@ -88,28 +112,100 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
+def _valid_metrics(metrics: dict) -> bool:
+    sections = [metrics.get(key, {}) for key in ("final", "best", "not_applicable")]
+    return isinstance(metrics.get("status", ""), str) and all(isinstance(section, dict) for section in sections) \
+        and all(isinstance(v, (int, float)) for section in sections[:2] for v in section.values())
+
+
 def read_job(path: Path, sweep_dir: Path) -> Job:
-    """One job directory: overrides, config, metrics and failure, whatever of them exist yet."""
-    overrides = OmegaConf.load(path / ".hydra" / "overrides.yaml") if (path / ".hydra" / "overrides.yaml").is_file() else []
-    config = _load_yaml(path / "config_resolved.yaml") or _load_yaml(path / ".hydra" / "config.yaml")
+    """One job directory: overrides, config, metrics and failure, whatever of them exist yet. A
+    file that cannot be read is said in ``error``; a damaged ``metrics.json`` makes the job
+    ``unreadable``."""
+    problems: list[str] = []
+    overrides = _load_yaml(path / ".hydra" / "overrides.yaml", problems)
+    if overrides is not None and not isinstance(overrides, ListConfig):
+        problems.append("overrides.yaml does not hold a list of overrides")
+        overrides = None
+    config = _load_yaml(path / "config_resolved.yaml", problems) or _load_yaml(path / ".hydra" / "config.yaml", problems)
     job = Job(
         name=str(path.relative_to(sweep_dir)),
-        overrides=parse_overrides(list(overrides)),
+        overrides=parse_overrides(list(overrides or [])),
         status="running",
         objective=_select(config, "objective"),
         objective_mode=_select(config, "objective_mode") or "min",
-        model=_select(_load_yaml(path / ".hydra" / "hydra.yaml"), "hydra.runtime.choices.model"),
+        model=_select(_load_yaml(path / ".hydra" / "hydra.yaml", problems), "hydra.runtime.choices.model"),
     )
-    metrics = _read_json(path / "metrics.json")
+    metrics = _read_json(path / "metrics.json", problems)
+    if metrics is not None and not _valid_metrics(metrics):
+        problems.append("metrics.json does not hold genlab's status, final and best values")
+        metrics = None
     if metrics:
         job.status = metrics.get("status", "running")
         job.final, job.best = metrics.get("final", {}), metrics.get("best", {})
         job.not_applicable = metrics.get("not_applicable", {})
-    failed = _read_json(path / "FAILED.json")
-    if failed is not None:
+        if job.status == "interrupted":
+            job.error = f"interrupted by {metrics.get('signal', 'a signal')}; re-run the same command to resume it"
+    elif (path / "metrics.json").exists():
+        job.status = "unreadable"
+    if (path / "FAILED.json").exists():
+        failed = _read_json(path / "FAILED.json", problems)
         job.status = "failed"
-        job.error = f"{failed.get('error', 'Error')}: {failed.get('message', '')}"
+        job.error = f"{failed.get('error', 'Error')}: {failed.get('message', '')}" if failed else None
+    if problems:
+        job.error = "; ".join([*problems, *([job.error] if job.error else []),
+                               "the job was cut short or its files were damaged"])
     return job
+
+
+def planned_jobs(sweep_dir: Path) -> Optional[list[list[str]]]:
+    """The overrides of every job of a sweep by Hydra's basic sweeper, in job order (split as the
+    sweeper splits them, from ``multirun.yaml``); None for other sweepers (Optuna decides its
+    trials as it goes) or when they cannot be listed."""
+    conf = _load_yaml(sweep_dir / "multirun.yaml")
+    if not str(_select(conf, "hydra.sweeper._target_") or "").endswith(".BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = _select(conf, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(_select(conf, "hydra.overrides.task") or [])
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+    except Exception as err:  # e.g. a glob() sweep, which needs the config loader
+        log.warning("cannot list the jobs of the sweep %s: %s", sweep_dir, err)
+        return None
+    return [list(job) for batch in batches for job in batch]
+
+
+def record_interrupted_sweep(sweep_dir: Path, job: str, signal_name: str) -> str:
+    """``INTERRUPTED.json`` in the sweep directory: the signal, the job it stopped and the jobs
+    that never ran (numbers and overrides; for a sweeper that decides its jobs as it goes, how
+    many trials were left). Returns the same in one line, with how to finish the sweep."""
+    record: dict[str, Any] = {"status": "interrupted", "signal": signal_name, "interrupted_job": job}
+    planned = planned_jobs(sweep_dir)
+    if planned is not None:
+        record["not_run"] = [{"job": str(num), "overrides": overrides}
+                             for num, overrides in enumerate(planned) if num > int(job)]
+    else:
+        trials = _select(_load_yaml(sweep_dir / "multirun.yaml"), "hydra.sweeper.n_trials")
+        record["not_run_count"] = max(int(trials) - int(job) - 1, 0) if isinstance(trials, int) else None
+    atomic_write_json(sweep_dir / INTERRUPTED, record)
+    count = len(record["not_run"]) if "not_run" in record else record["not_run_count"]
+    listed = "".join(f"; {item['job']}: {' '.join(item['overrides'])}" for item in record.get("not_run", []))
+    return (f"{signal_name} stopped the sweep during job {job}; {'some' if count is None else count} jobs never "
+            f"ran{listed}. Re-run the same command with hydra.sweep.dir={sweep_dir} to finish it (finished jobs "
+            f"are skipped, job {job} resumes); recorded in {sweep_dir / INTERRUPTED}")
+
+
+def _not_run_jobs(sweep_dir: Path, jobs: Sequence[Job]) -> list[Job]:
+    record = _read_json(sweep_dir / INTERRUPTED)
+    if record is None:
+        return []
+    started = {job.name for job in jobs}
+    return [Job(name=item["job"], overrides=parse_overrides(item["overrides"]), status="not run",
+                error=f"the sweep was stopped by {record.get('signal')} before this job")
+            for item in record.get("not_run") or [] if item["job"] not in started]
 
 
 def read_sweep(sweep_dir: Path) -> list[Job]:
@@ -128,7 +224,8 @@ def read_sweep(sweep_dir: Path) -> list[Job]:
         raise NotASweep(f"{sweep_dir} is not a sweep directory: it holds no job directories (folders with "
                         ".hydra/) and no multirun.yaml. Sweeps are written by `genlab-train -m ...` under "
                         "<paths.log_dir>/<task>/multirun/.")
-    return [read_job(path, sweep_dir) for path in job_dirs]
+    jobs = [read_job(path, sweep_dir) for path in job_dirs]
+    return jobs + _not_run_jobs(sweep_dir, jobs)
 
 
 def differing_overrides(jobs: Sequence[Job]) -> list[str]:
@@ -328,15 +425,21 @@ def write_report(sweep_dir: Path, out: Optional[Path] = None, metrics: Optional[
     lines += _optuna_lines(sweep_dir, jobs)
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v, md=True) for v in row) + " |" for row in rows]
-    failed = [job for job in jobs if job.status == "failed"]
-    if failed:
-        lines += ["", "## Failed jobs", ""]
-        lines += [f"- {job.name}: {_fmt(job.error or 'see its log', md=True, width=1000)}" for job in failed]
+    for status, title in NEEDS_ATTENTION.items():
+        listed = [job for job in jobs if job.status == status]
+        if listed:
+            lines += ["", f"## {title}", ""]
+            lines += [f"- {job.name}: {_fmt(job.error or 'see its log', md=True, width=1000)}" for job in listed]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: the statuses the report lists under a heading of their own, with the reason
+NEEDS_ATTENTION = {"failed": "Failed jobs", "unreadable": "Unreadable jobs", "interrupted": "Interrupted jobs",
+                   "not run": "Jobs that never ran"}
 
 
 class SweepSummary(Callback):
@@ -345,6 +448,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / INTERRUPTED).unlink(missing_ok=True)  # every job ran this time
         try:
             jobs = read_sweep(sweep_dir)
         except NotASweep as err:
@@ -374,8 +478,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = read_sweep(args.sweep_dir)
     print(f"{summary(jobs)}; wrote {path} and {path.with_suffix('.csv')}")
     for job in jobs:
-        if job.status == "failed":
-            print(f"  failed: {job.name}: {job.error}")
+        if job.status in NEEDS_ATTENTION or job.error:
+            print(f"  {job.status}: {job.name}: {job.error or 'see its log'}")
     return 0
 
 

@@ -3,7 +3,7 @@
 A run directory is in one of three states, read from what the run left there:
 
 * new (nothing of a run in it): start from step 0;
-* unfinished (``metrics.json`` says running, preempted or failed): resume from
+* unfinished (``metrics.json`` says running, preempted, interrupted or failed): resume from
   ``checkpoints/last.ckpt`` with the same W&B run id, after checking that the config is the
   run's own; an unfinished run without any checkpoint starts over, and says so;
 * completed: nothing to train; the recorded objective is returned (a re-run sweep skips its
@@ -24,9 +24,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
-from genlab.checkpoint import read_checkpoint
-from genlab.errors import RunDirectoryInUse
-from genlab.utils import atomic_write_text
+from genlab.checkpoint import StoredModel, read_checkpoint
+from genlab.errors import RunDirectoryInUse, UntrustedConfig
+from genlab.trust import check_targets
+from genlab.utils import atomic_write_text, flatten
 
 log = logging.getLogger("genlab")
 
@@ -45,6 +46,8 @@ class StartPlan:
     previous: Optional[dict[str, Any]] = None
     #: metrics.json of the previous attempt (completed)
     metrics: Optional[dict[str, Any]] = None
+    #: the model of an explicit ``ckpt_path=``: its weights must fit the model this run builds
+    stored: Optional[StoredModel] = None
 
 
 def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
@@ -60,8 +63,10 @@ def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
                 f"{output_dir} already holds a run. Leave hydra.run.dir to its default, or drop "
                 "ckpt_path= to resume the run in that directory from its own last checkpoint."
             )
-        read_checkpoint(explicit)  # a missing file or one that is not genlab's is refused now
-        return StartPlan("new", ckpt_path=str(explicit))
+        # a missing file, one that is not genlab's or one of another model is refused now
+        stored = StoredModel.of(read_checkpoint(explicit, key="ckpt_path"), f"ckpt_path={explicit}")
+        stored.check_target(cfg.model)
+        return StartPlan("new", ckpt_path=str(explicit), stored=stored)
     if not holds_run:
         return StartPlan("new")
 
@@ -90,24 +95,25 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_previous_config(output_dir: Path) -> Optional[dict[str, Any]]:
+    """The previous attempt's config: data, so a _target_ in it off genlab's allow-list is refused
+    (and the run directory left as it is)."""
     path = output_dir / "config_resolved.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+    if not path.is_file():
+        return None
+    saved = OmegaConf.load(path)
+    previous = OmegaConf.to_container(saved)
+    try:
+        check_targets(saved, f"the run directory's config {path}")
+    except UntrustedConfig as err:
+        raise RunDirectoryInUse(f"{err} The run directory is left as it is.") from None
+    return previous
 
 
 def check_same_run(previous: dict[str, Any], cfg: DictConfig, output_dir: Path) -> None:
     """A run is resumed only with its own config: a changed model, dataset, seed or optimizer
     would silently splice two different experiments together."""
     current = OmegaConf.to_container(cfg, resolve=True)
-    old, new = _flat(previous), _flat(current)
+    old, new = flatten(previous), flatten(current)
     changed = sorted(
         key for key in old.keys() | new.keys()
         if old.get(key) != new.get(key) and not any(key == m or key.startswith(m + ".") for m in MAY_CHANGE)

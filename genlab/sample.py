@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from genlab.callbacks.samples import save_grid
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
-from genlab.config import CONF_DIR, build_sampler, check_config, compatible_samplers, instantiate
-from genlab.entry import entry_point
+from genlab.config import build_sampler, check_config, compatible_samplers, instantiate
+from genlab.entry import entry_point, hydra_main
 from genlab.errors import ConfigError
 from genlab.utils import seeded
 
@@ -27,7 +26,7 @@ def sample(cfg: DictConfig) -> Path:
     checkpoint = read_checkpoint(cfg.ckpt)
     cfg = with_trained_run(checkpoint, cfg)
     check_config(cfg, ("model", "sampler"))
-    model = load_model(checkpoint, cfg.model)
+    model = load_model(checkpoint, cfg.model, f"ckpt={cfg.ckpt}")
     if cfg.trainer.accelerator in ("gpu", "auto") and torch.cuda.is_available():
         model = model.cuda()
     sampler = build_sampler(cfg.sampler, model)
@@ -79,7 +78,7 @@ def interpolate(cfg: DictConfig, model: torch.nn.Module, sampler: object, output
     return output_dir
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
+@hydra_main("sample")
 def main(cfg: DictConfig) -> None:
     entry_point(sample, ())(cfg)
 

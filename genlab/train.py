@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from genlab.config import CONF_DIR, build_sampler, instantiate
-from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, in_multirun
+from genlab.config import build_sampler, instantiate
+from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main, in_multirun
 from genlab.errors import ConfigError
+from genlab.lock import claim
 from genlab.resume import plan_start, reuse_logger_ids
 
 log = logging.getLogger("genlab")
@@ -70,6 +70,8 @@ def train(cfg: DictConfig) -> Optional[float]:
     """Build everything (each piece checked before any training), fit, test, report.
 
     Re-running the same command in the same run directory resumes it (``genlab.resume``).
+    Nothing is written into the directory before the plan: a command that is refused, or a
+    completed run, leaves it as it was.
     """
     output_dir = Path(cfg.paths.output_dir)
     plan = plan_start(output_dir, cfg)
@@ -78,12 +80,15 @@ def train(cfg: DictConfig) -> Optional[float]:
         log.info("the run in %s is already completed (objective %s = %s): nothing to do",
                  output_dir, cfg.objective, value)
         return value
+    claim(output_dir)  # this attempt's failure or interruption is recorded here from now on
     reuse_logger_ids(cfg, plan.previous)
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.dataset, "dataset")
     datamodule.check()
     model = instantiate(cfg.model, "model")
+    if plan.stored is not None:  # ckpt_path=: weights of another size are refused before fit
+        plan.stored.check_fits(model, cfg.model)
     model.check_trainer(cfg.trainer)
     model.sampler = build_sampler(cfg.get("sampler"), model)
     callbacks = build_callbacks(cfg, datamodule)
@@ -114,7 +119,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     return objective
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra_main("train")
 def main(cfg: DictConfig) -> Optional[float]:
     return entry_point(train, ("dataset", "model", "sampler", "callbacks", "logger", "trainer"))(cfg)
 

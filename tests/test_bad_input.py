@@ -93,7 +93,8 @@ def test_download_without_network_says_how_to_use_local_files(tmp_path, capsys, 
     assert "download" in message.lower()
 
 
-def test_sampler_that_does_not_serve_the_family(tmp_path, capsys):
+def test_sampler_that_does_not_serve_the_family(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GENLAB_TRUSTED_MODULES", __name__)  # the config builds the sampler from this module
     cfg = compose_cfg(overrides=[f"sampler._target_={__name__}.ImplicitOnlySampler"], output_dir=tmp_path)
     fails_cleanly(train, cfg, capsys, "'vae'", "sampler=prior")
 

@@ -1,9 +1,11 @@
 """Every option of every config group composes and instantiates."""
 
+import functools
+import re
 
 import hydra
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from genlab.config import CONF_DIR, build_named, build_sampler, check_config, instantiate
 from genlab.errors import ConfigError
@@ -153,3 +155,90 @@ def test_a_conditional_model_needs_a_labelled_dataset(model):
     cfg = compose_cfg(overrides=[f"model={model}", "model.conditional=true", "dataset.num_classes=0"])
     with pytest.raises(ConfigError, match="model.conditional=true needs a labelled dataset"):
         instantiate(cfg.model, "model")
+
+
+# ----- model= inside an experiment ----------------------------------------------------------------
+def _drop_hint(message: str) -> list[str]:
+    """The keys a one-line key error says to drop: `~model.a ~model.b` -> [model.a, model.b]."""
+    assert "\n" not in message
+    hint = re.search(r"[Dd]rop (?:it|them) with `([^`]*)`", message)
+    assert hint, message
+    return [word.removeprefix("~") for word in hint.group(1).split()]
+
+
+@functools.lru_cache
+def _model_defaults(name: str) -> dict:
+    return OmegaConf.to_container(compose_cfg(overrides=[f"model={name}"]).model)
+
+
+def _shape(value) -> str:
+    return "list" if isinstance(value, list) else "dict" if isinstance(value, dict) else "value"
+
+
+def _build(cfg) -> None:
+    check_config(cfg, ("model",))
+    model = instantiate(cfg.model, "model")
+    model.check_trainer(cfg.trainer)
+    build_sampler(cfg.sampler, model)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_model_inside_every_experiment_builds_or_names_the_keys_to_drop(experiment, tmp_path):
+    """``experiment=E model=M``: it builds, or one ConfigError line names exactly the keys E sets
+    under ``model:`` that M's own config lacks or holds in another shape (a list for one value),
+    with the `~model.key` that drops them, and dropping them builds (or is refused in one line that
+    names a trainer or model setting the model cannot honour, e.g. trainer.gradient_clip_val for
+    the GAN)."""
+    tuned = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")).get("model", {})
+    built = []
+    for name in options("model"):
+        defaults = _model_defaults(name)
+        foreign = sorted(f"model.{k}" for k, v in tuned.items()
+                         if k not in defaults or (defaults[k] is not None and _shape(v) != _shape(defaults[k])))
+        cfg = compose_cfg(overrides=[f"experiment={experiment}", f"model={name}"], output_dir=tmp_path)
+        if not foreign:
+            _build(cfg)
+            built.append(name)
+            continue
+        with pytest.raises(ConfigError) as err:
+            _build(cfg)
+        assert sorted(_drop_hint(str(err.value))) == foreign, (name, str(err.value))
+        with open_dict(cfg):
+            for key in foreign:
+                del cfg.model[key.removeprefix("model.")]
+        try:
+            _build(cfg)
+        except ConfigError as refused:  # a setting this model refuses, named with its fix
+            message = str(refused)
+            assert "\n" not in message and re.match(r"(trainer|model)\.\w+", message), message
+    own = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml").defaults
+    assert any(f"override /model: {name}" in OmegaConf.to_yaml(own) for name in built)  # its own model builds
+
+
+def test_switching_the_model_of_an_experiment_on_the_command_line_fails_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "genlab.train", "experiment=autoregressive_digits", "model=pixelcnn", "logger=none",
+         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("genlab: error:")]
+    assert len(errors) == 1 and "model.layers" in errors[0], result.stderr[-2000:]
+    assert "(model=pixelcnn, experiment=autoregressive_digits)" in errors[0]
+    assert _drop_hint(errors[0]) == ["model.layers"]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # with the key dropped, the pairing works: the command gets past every check
+    cfg = compose_cfg(overrides=["experiment=autoregressive_digits", "model=pixelcnn", "~model.layers"],
+                      output_dir=tmp_path / "ok")
+    _build(cfg)
+
+
+def test_a_mistyped_key_of_any_built_class_is_named(tmp_path):
+    cfg = compose_cfg(overrides=["model=vae", "+model.optimizer.lrr=0.1", "+sampler.tempreature=2"],
+                      output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"model\.optimizer\.lrr: not a setting of torch\.optim\.Adam.*~model\.optimizer\.lrr"):
+        check_config(cfg, ("model",))
+    with pytest.raises(ConfigError, match=r"sampler\.tempreature: not a setting of .*PriorSampler \(did you mean sampler\.temperature\?\).*`~sampler\.tempreature`"):
+        check_config(cfg, ("sampler",))

@@ -214,6 +214,82 @@ def test_mnist_download_failure_is_a_clear_data_error(mnist_root: Path, no_netwo
     assert "dataset.pool=test" in message
 
 
+@pytest.fixture
+def mirror(monkeypatch: pytest.MonkeyPatch):
+    """A real HTTP server on localhost as MNIST's only mirror: ``files`` maps a file name to the
+    bytes it serves; a name mapped to (bytes, n) announces all of them but sends the first n and
+    hangs up; other names get 404. Never the internet, with or without a network."""
+    import http.server
+    import threading
+
+    from torchvision.datasets import MNIST
+
+    files: dict[str, object] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = files.get(self.path.rsplit("/", 1)[-1])
+            if body is None:
+                self.send_error(404)
+                return
+            data, sent = body if isinstance(body, tuple) else (body, len(body))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:sent])
+            self.close_connection = True
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
+    yield files
+    server.shutdown()
+    server.server_close()
+
+
+def tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size if p.is_file() else -1 for p in sorted(root.rglob("*"))}
+
+
+def test_a_failed_download_leaves_nothing_it_created(tmp_path: Path, mirror: dict) -> None:
+    # the server has neither file: torchvision gets 404s, after creating <root>/MNIST/raw/
+    root = tmp_path / "data" / "new"
+    dm = TorchvisionDataModule(name="mnist", root=str(root), pool="test", download=True)
+    with pytest.raises(DataError, match="could not be downloaded"):
+        dm.check()
+    assert not (tmp_path / "data").exists()  # every folder the attempt made is gone again
+    # what the user had stays, including an empty MNIST/ folder of their own
+    (tmp_path / "mine" / "MNIST").mkdir(parents=True)
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    before = tree(tmp_path / "mine")
+    with pytest.raises(DataError):
+        TorchvisionDataModule(name="mnist", root=str(tmp_path / "mine"), pool="test", download=True).check()
+    assert tree(tmp_path / "mine") == before
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="real MNIST files not present")
+def test_a_download_cut_short_keeps_the_complete_archive_and_removes_the_partial_one(tmp_path: Path,
+                                                                                     mirror: dict) -> None:
+    images = (SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()
+    labels = (SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    mirror["t10k-images-idx3-ubyte.gz"] = images
+    mirror["t10k-labels-idx1-ubyte.gz"] = (labels, len(labels) // 2)  # the connection drops half way
+    raw = tmp_path / "MNIST" / "raw"
+    dm = TorchvisionDataModule(name="mnist", root=str(tmp_path), pool="test", download=True)
+    with pytest.raises(DataError, match="could not be downloaded"):
+        dm.check()
+    # the complete archive stays (md5 checked, it need not be fetched again); nothing partial does
+    assert (raw / "t10k-images-idx3-ubyte.gz").read_bytes() == images
+    assert not (raw / "t10k-labels-idx1-ubyte.gz").exists() and not (raw / "t10k-labels-idx1-ubyte").exists()
+    # once the mirror serves the whole file, the download completes from there
+    mirror["t10k-labels-idx1-ubyte.gz"] = labels
+    TorchvisionDataModule(name="mnist", root=str(tmp_path), pool="test", download=True).check()
+    assert (raw / "t10k-labels-idx1-ubyte").is_file()
+
+
 def test_fashion_mnist_missing_without_download(tmp_path: Path) -> None:
     dm = TorchvisionDataModule(name="fashion_mnist", root=str(tmp_path), download=False)
     with pytest.raises(DataError, match=str(tmp_path / "FashionMNIST" / "raw")):

@@ -227,6 +227,7 @@ def test_cifar10_config_is_the_papers_35_7m_parameter_unet():
     m = cfg.model
     assert (m.channels, list(m.channel_mult), m.num_res_blocks, list(m.attention_resolutions), m.dropout) == (
         128, [1, 2, 2, 2], 2, [16], 0.1)
-    assert (m.timesteps, m.schedule, cfg.dataset.image_size) == (1000, "linear", 32)
-    net = UNet(3, 32, m.channels, m.channel_mult, m.num_res_blocks, m.attention_resolutions, m.dropout)
+    assert (m.timesteps, m.schedule, cfg.dataset.image_size, m.scale_shift_norm) == (1000, "linear", 32, False)
+    net = UNet(3, 32, m.channels, m.channel_mult, m.num_res_blocks, m.attention_resolutions, m.dropout,
+               scale_shift_norm=m.scale_shift_norm)
     assert sum(p.numel() for p in net.parameters()) == 35_746_307  # Ho et al.: 35.7M

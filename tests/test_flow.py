@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genlab.config import compatible_samplers
-from genlab.errors import ConfigError
+from genlab.errors import CheckpointError, ConfigError
 from genlab.models.flow import Flow
 from genlab.models.vae import VAE
 from genlab.nets.flows import (
@@ -18,6 +18,7 @@ from genlab.nets.flows import (
     InvConv1x1,
     Logit,
     Permutation,
+    Scaling,
     Split,
     Squeeze,
 )
@@ -64,6 +65,7 @@ BIJECTIONS = {  # name: (constructor, input channels)
     "affine_checkerboard_even": (lambda: Coupling(2, "checkerboard", 0, hidden=8), 2),
     "affine_checkerboard_odd": (lambda: Coupling(1, "checkerboard", 1, hidden=8, scale_bound=0.5), 1),
     "actnorm": (lambda: ActNorm(4), 4),
+    "scaling": (lambda: Scaling((4, 4, 4)), 4),
     "invconv_plain": (lambda: InvConv1x1(4, lu=False, seed=3), 4),
     "invconv_lu": (lambda: InvConv1x1(4, lu=True, seed=3), 4),
     "permutation_reverse": (lambda: Permutation(4, "reverse"), 4),
@@ -124,6 +126,33 @@ def test_whole_models_invert_and_have_the_autograd_log_det(family, shape):
     latents, _ = model.forward_flow(u)
     assert [tuple(z.shape[1:]) for z in latents] == model.latent_shapes
     assert sum(math.prod(s) for s in model.latent_shapes) == model.num_dims
+
+
+@pytest.mark.parametrize("permutation", ["none", "reverse"])
+@pytest.mark.parametrize("steps", [2, 4])
+def test_every_dimension_is_transformed_by_a_coupling(permutation, steps):
+    # A coordinate that no coupling transforms reaches the base density on its own (each latent
+    # depending on one input), so the flow models it as independent noise. Reversing the channels
+    # and alternating the coupling parity did that to half of NICE's pixels.
+    model = Flow((1, 4, 4), levels=1, steps=steps, hidden=8, **dict(NICE, permutation=permutation)).double()
+    _randomise(model)
+    u = torch.rand(4, 1, 4, 4, dtype=torch.float64) * 0.9 + 0.05
+    jac = torch.autograd.functional.jacobian(lambda v: model.forward_flow(v.view(1, 1, 4, 4))[0][0].flatten(), u[0].flatten())
+    inputs_per_latent = (jac.abs() > 1e-12).sum(1)
+    assert inputs_per_latent.min().item() > 1, inputs_per_latent.tolist()
+
+
+def test_nice_scales_every_dimension_and_refuses_a_per_channel_checkpoint():
+    model = Flow((1, 8, 8), levels=2, steps=2, hidden=8, **NICE)
+    scales = [m for m in model.modules() if isinstance(m, Scaling)]
+    assert sum(m.log_scale.numel() for m in scales) == 64 + 32  # level 0: 4x4x4, level 1: 8x2x2
+    old = {k: v for k, v in model.state_dict().items()}
+    for key in [k for k in old if k.endswith("log_scale")]:
+        old[key] = torch.zeros(*old[key].shape[:2], 1, 1)  # the per-channel ActNorm's layout
+        old[key.replace("log_scale", "loc")] = torch.zeros(*old[key].shape[:2], 1, 1)
+        old[key.replace("log_scale", "initialized")] = torch.tensor(True)
+    with pytest.raises(CheckpointError, match="NICE checkpoint was written before"):
+        model.load_state_dict(old)
 
 
 class UniformBase(Flow):

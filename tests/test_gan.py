@@ -103,29 +103,53 @@ def test_conditional_generator_and_projection_discriminator_use_the_labels():
 
 
 # ----- truncation sampling -------------------------------------------------------------------
-def test_truncation_psi_zero_collapses_to_the_mean_latent_image():
+def test_truncation_psi_zero_collapses_to_the_image_at_the_mean_first_feature_map():
     torch.manual_seed(0)
     model = GAN((1, 8, 8), **TINY).eval()
-    at_mean = to_uint8(model.generate(model.mean_latent().expand(6, -1)))
+    mean = model.mean_mapped()
+    assert torch.equal(mean, model.mean_mapped())  # a fixed estimate, and the global RNG is left alone
+    torch.manual_seed(5)
+    z = model.prior_latents(4096)
+    assert torch.allclose(mean[0], model.map_latents(z).mean(0), atol=0.05)  # = E_z[w(z)]
     samples = TruncationSampler(psi=0.0).sample(model, 6)
-    assert torch.equal(samples, at_mean)
-    assert len({tuple(s.flatten().tolist()) for s in TruncationSampler(psi=1.0).sample(model, 6)}) == 6
-    # psi in between: exactly G(mean + psi (z - mean)) for the same z
+    assert torch.equal(samples, to_uint8(model.synthesise(mean.expand(6, -1, -1, -1))))
+    # psi = 1 is plain sampling, bit for bit
+    torch.manual_seed(3)
+    plain = TruncationSampler(psi=1.0).sample(model, 6)
+    torch.manual_seed(3)
+    assert torch.equal(plain, to_uint8(model.generate(model.prior_latents(6))))
+    assert len({tuple(s.flatten().tolist()) for s in plain}) == 6
+    # psi in between: exactly G(mean + psi (w(z) - mean)) for the same z
     torch.manual_seed(3)
     half = TruncationSampler(psi=0.5).sample(model, 4)
     torch.manual_seed(3)
-    assert torch.equal(half, to_uint8(model.generate(0.5 * model.prior_latents(4))))
-    # diversity shrinks with psi: the spread of the latents and of the images
+    w = model.map_latents(model.prior_latents(4))
+    assert torch.equal(half, to_uint8(model.synthesise(mean + 0.5 * (w - mean))))
+    # diversity shrinks with psi
     torch.manual_seed(1)
     spread = [TruncationSampler(psi=p).sample(model, 64).float().std(0).mean().item() for p in (1.0, 0.5, 0.1)]
     assert spread[0] > spread[1] > spread[2]
 
 
-def test_truncation_threshold_redraws_large_latents():
+def test_conditional_truncation_pulls_each_class_toward_its_own_mean():
+    torch.manual_seed(0)
+    model = GAN((1, 8, 8), num_classes=10, conditional=True, **TINY).eval()
+    labels = torch.tensor([3, 7, 3])
+    images = TruncationSampler(psi=0.0).sample(model, 3, labels)
+    assert torch.equal(images[0], images[2]) and not torch.equal(images[0], images[1])
+    for label, image in zip(labels, images):
+        assert torch.equal(image[None], to_uint8(model.synthesise(model.mean_mapped(label[None]))))
+
+
+def test_truncation_threshold_bounds_the_latents_and_cannot_loop():
     model = GAN((1, 8, 8), **TINY)
     torch.manual_seed(0)
-    z = TruncationSampler(threshold=0.5).latents(model, 200)
-    assert z.abs().max().item() <= 0.5 and z.std().item() > 0.2
+    z = model.prior_latents(2000, 0.5)
+    assert z.abs().max().item() <= 0.5 and 0.2 < z.std().item() < 0.29  # N(0, 1) on [-0.5, 0.5]: std 0.28
+    # a bound that a redraw loop would practically never meet (P(|z| <= 1e-7) = 8e-8 per draw)
+    images = TruncationSampler(threshold=1e-7).sample(model.eval(), 64)
+    assert images.shape == (64, 1, 8, 8)
+    assert model.prior_latents(100, 1e-7).abs().max().item() <= 1e-7
 
 
 def test_samplers_refuse_other_families_and_name_those_that_fit():
@@ -164,7 +188,7 @@ def _fit(model: GAN, batches: int, **trainer_kwargs) -> StepCounter:
                          enable_checkpointing=False, enable_progress_bar=False, callbacks=[counter],
                          enable_model_summary=False, **trainer_kwargs)
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=24))
-    assert trainer.global_step == len(counter.steps)  # Lightning counts every optimizer step
+    assert trainer.global_step == counter.steps.count("G")  # Lightning counts the generator's steps
     return counter
 
 

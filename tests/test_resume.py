@@ -4,6 +4,7 @@ import csv
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +116,112 @@ def test_warning_signal_checkpoints_and_a_rerun_finishes_like_an_uninterrupted_r
         assert torch.equal(tensor, weights(warned)[name]), name
     assert json.loads((warned / "metrics.json").read_text())["final"] == json.loads((whole / "metrics.json").read_text())["final"]
     assert history(warned) == history(whole)
+
+
+def assert_same_as(run_dir: Path, reference: Path) -> None:
+    """Weights, metrics and CSV history equal to the reference run's."""
+    for name, tensor in weights(reference).items():
+        assert torch.equal(tensor, weights(run_dir)[name]), name
+    metrics = lambda d: json.loads((d / "metrics.json").read_text())  # noqa: E731
+    assert metrics(run_dir)["status"] == "completed"
+    assert metrics(run_dir)["final"] == metrics(reference)["final"]
+    assert metrics(run_dir)["best"] == metrics(reference)["best"]
+    assert history(run_dir) == history(reference)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert path.exists(), f"{path} never appeared"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_checkpoint_the_step_record_the_run_and_a_rerun_finishes_it(whole, tmp_path, signum):
+    """scancel, docker stop, Kubernetes (SIGTERM) and Ctrl+C (SIGINT): the step under way ends,
+    last.ckpt is written at it, metrics.json says interrupted, exit status 128 + signal."""
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(cli(stopped), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(stopped / "checkpoints" / "last.ckpt", process)  # 7 training steps done
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    found = re.search(rf"interrupted by {name} at step (\d+) and checkpointed", stderr)
+    assert found, stderr[-3000:]
+    step = int(found.group(1))
+    assert 7 < step < 5 * 23
+    assert read_checkpoint(stopped / "checkpoints" / "last.ckpt")["global_step"] == step
+    metrics = json.loads((stopped / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["signal"] == name
+    assert not (stopped / "FAILED.json").exists()
+    assert not list(stopped.rglob("*.tmp"))
+    if signum == signal.SIGINT:
+        return  # from here on the same path as SIGTERM: the re-run is tested once
+
+    rerun = subprocess.run(cli(stopped), env=env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming the run in {stopped}" in (stopped / "train.log").read_text()
+    assert_same_as(stopped, whole)
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_run_directory_is_refused_and_the_first_finishes_undisturbed(whole, tmp_path):
+    run_dir = tmp_path / "shared"
+    start = lambda: subprocess.Popen(cli(run_dir), env=env(), stdout=subprocess.DEVNULL,  # noqa: E731
+                                     stderr=subprocess.PIPE, text=True)
+    # Two started together: one takes the directory, the other is refused at once. A third comes
+    # while the first runs ("resuming" a live run).
+    together = [start(), start()]
+    wait_for(run_dir / ".genlab.lock", together[0])
+    third = start()
+    while all(p.poll() is None for p in together):
+        time.sleep(0.01)
+    loser, winner = together if together[0].poll() is not None else together[::-1]
+    third.wait(timeout=300)
+    assert winner.poll() is None, "the third process met a finished run, not a live one"
+    for refused in (loser, third):
+        stderr = refused.communicate()[1]
+        assert refused.returncode == 1 and stderr.count("genlab: error:") == 1, stderr[-3000:]
+        assert f"the run directory {run_dir} is in use by another genlab process (PID {winner.pid})" in stderr
+        assert "Traceback" not in stderr
+
+    _, stderr = winner.communicate(timeout=600)
+    assert winner.returncode == 0, stderr[-3000:]
+    assert_same_as(run_dir, whole)  # one history: each step logged once
+    assert "resuming" not in (run_dir / "train.log").read_text()
+    assert not (run_dir / ".genlab.lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_and_records_the_jobs_that_never_ran(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "genlab.train", "-m", *RESUMABLE, "trainer.max_epochs=1", "seed=3,4,5,6",
+               f"hydra.sweep.dir={sweep}"]
+    process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(sweep / "1" / "checkpoints" / "last.ckpt", process)  # job 1 is training
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-3000:]
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
+    interrupted = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert interrupted["status"] == "interrupted" and interrupted["signal"] == "SIGTERM"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # nothing started after
+    record = json.loads((sweep / "INTERRUPTED.json").read_text())
+    assert record["signal"] == "SIGTERM" and record["interrupted_job"] == "1"
+    assert [(job["job"], [o for o in job["overrides"] if o.startswith("seed=")]) for job in record["not_run"]] == [
+        ("2", ["seed=5"]), ("3", ["seed=6"])]
+    assert "SIGTERM stopped the sweep during job 1; 2 jobs never ran" in stderr
+
+    report = subprocess.run([sys.executable, "-m", "genlab.report", str(sweep)], capture_output=True, text=True,
+                            env=env(), timeout=120)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "4 jobs: 1 completed, 1 interrupted, 2 not run" in report.stdout
+    assert "not run: 3: the sweep was stopped by SIGTERM before this job" in report.stdout
+    with (sweep / "report.csv").open() as f:
+        assert [(r["job"], r["seed"], r["status"]) for r in csv.DictReader(f)] == [
+            ("0", "3", "completed"), ("1", "4", "interrupted"), ("2", "5", "not run"), ("3", "6", "not run")]
 
 
 def test_a_completed_run_is_not_trained_again(tmp_path):

@@ -214,12 +214,40 @@ def test_report_on_a_partial_sweep(tmp_path, capsys):
     make_job(root, "0", ["seed=0"], metrics=completed([3.0]))
     make_job(root, "1", ["seed=1"], metrics={"status": "running", "final": {"train/loss": 4.0}, "best": {"train/loss": 4.0}})
     make_job(root, "2", ["seed=2"])  # started, nothing measured yet
-    (root / "2" / "metrics.json").write_text('{"status": "runn')  # being written
     assert report_main([str(root)]) == 0
     assert "3 jobs: 1 completed, 2 running" in capsys.readouterr().out
     with (root / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["seed"], r["status"]) for r in rows] == [("0", "completed"), ("1", "running"), ("2", "running")]
+
+
+def test_report_on_a_sweep_with_half_written_jobs(tmp_path, capsys):
+    """Files cut short (a copy, a full disk, a job killed as it started): one clear line per job,
+    the rest of the report as usual, no traceback."""
+    root = tmp_path / "sweep"
+    make_job(root, "0", ["seed=0"], metrics=completed([3.0]))
+    (make_job(root, "1", ["seed=1"]) / "metrics.json").write_text('{"status": "runn')  # cut short
+    (make_job(root, "2", ["seed=2"]) / ".hydra" / "overrides.yaml").write_text("- seed=2\n- model: [")
+    (make_job(root, "3", ["seed=3"]) / "metrics.json").write_text('["not", "an", "object"]')
+    (make_job(root, "4", ["seed=4"], metrics={"status": "completed", "final": 3.0}))
+    (make_job(root, "5", ["seed=5"], metrics=completed([2.0])) / "FAILED.json").write_text("")
+    (root / "6" / ".hydra").mkdir(parents=True)  # killed before Hydra wrote its files
+    assert report_main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "7 jobs: 1 completed, 1 failed, 2 running, 3 unreadable" in out
+    lines = [line.strip() for line in out.splitlines()[1:]]
+    assert lines[0].startswith("unreadable: 1: metrics.json cannot be read (JSONDecodeError: Unterminated string")
+    assert lines[0].endswith("the job was cut short or its files were damaged")
+    assert lines[1].startswith("running: 2: overrides.yaml cannot be read")
+    assert lines[2].startswith("unreadable: 3: metrics.json does not hold a JSON object")
+    assert lines[3].startswith("unreadable: 4: metrics.json does not hold genlab's status, final and best values")
+    assert lines[4].startswith("failed: 5: FAILED.json cannot be read")
+    assert len(lines) == 5
+    with (root / "report.csv").open() as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert float(rows["0"]["objective value"]) == 3.0 and rows["0"]["error"] == ""
+    assert rows["6"]["status"] == "running" and rows["6"]["error"] == ""
+    assert "## Unreadable jobs" in (root / "report.md").read_text()
 
 
 def test_report_includes_the_optuna_result(tmp_path):
@@ -322,3 +350,17 @@ def test_optuna_sweeper_records_a_failed_job_and_goes_on(tmp_path):
     assert study([3.0, None, 2.0])["best_value"] == 2.0
     with pytest.raises(ValueError, match="Values cannot be specified when state is TrialState.PRUNED or TrialState.FAIL"):
         study([3.0, float("nan"), 2.0])
+
+
+def test_a_sweep_that_ran_to_its_end_drops_the_record_of_an_earlier_interruption(tmp_path):
+    from genlab.report import INTERRUPTED, SweepSummary
+
+    root = tmp_path / "sweep"
+    make_job(root, "0", ["seed=0"], metrics=completed([3.0]))
+    make_job(root, "1", ["seed=1"], metrics=completed([2.0]))  # the job the signal kept from running, run since
+    (root / INTERRUPTED).write_text(json.dumps({"status": "interrupted", "signal": "SIGTERM", "interrupted_job": "0",
+                                                "not_run": [{"job": "1", "overrides": ["seed=1"]}, {"job": "2", "overrides": ["seed=2"]}]}))
+    assert [(job.name, job.status) for job in read_sweep(root)] == [("0", "completed"), ("1", "completed"), ("2", "not run")]
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}}}))
+    assert not (root / INTERRUPTED).exists()
+    assert [job.name for job in read_sweep(root)] == ["0", "1"]

@@ -3,13 +3,29 @@
 Validation, checkpoints ("state_dict" holds the averaged weights) and the final model use
 the average. The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short
 run is not dominated by the random initial weights.
+
+What is averaged is the sub-module the model names in ``averaged_module`` (the whole model when
+it is empty): a family averages what it samples from. A GAN averages its generator only: an
+average of spectrally normalised discriminator weights (and of their power-iteration vectors)
+is not spectrally normalised, and validation must judge with the discriminator that trained.
 """
 
 from __future__ import annotations
 
+from copy import deepcopy
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import WeightAveraging
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+
+def averaged_prefix(pl_module: pl.LightningModule) -> str:
+    """The state_dict prefix of the averaged sub-module ("" for the whole model)."""
+    name = getattr(pl_module, "averaged_module", "")
+    return f"{name}." if name else ""
 
 
 class EMA(WeightAveraging):
@@ -24,6 +40,68 @@ class EMA(WeightAveraging):
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx % self.every_n_steps == 0
+
+    @staticmethod
+    def _target(pl_module: pl.LightningModule) -> nn.Module:
+        return pl_module.get_submodule(getattr(pl_module, "averaged_module", ""))
+
+    # Lightning's WeightAveraging averages the whole LightningModule; the methods below are its
+    # own with the averaged sub-module in place of the module.
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._average_model = AveragedModel(
+                model=self._target(pl_module), device=self._device or pl_module.device,
+                use_buffers=self._use_buffers, **self._kwargs,
+            )
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            assert self._average_model is not None
+            self._average_model.update_parameters(self._target(pl_module))
+            self._latest_update_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # should_update never asks for epoch updates
+
+    def _pairs(self, pl_module: pl.LightningModule) -> Any:
+        assert self._average_model is not None
+        average, current = self._average_model.module, self._target(pl_module)
+        return zip([*average.parameters(), *average.buffers()], [*current.parameters(), *current.buffers()])
+
+    def _swap_models(self, pl_module: pl.LightningModule) -> None:
+        for average, current in self._pairs(pl_module):
+            tmp = average.data.clone()
+            average.data.copy_(current.data)
+            current.data.copy_(tmp)
+
+    def _copy_average_to_current(self, pl_module: pl.LightningModule) -> None:
+        for average, current in self._pairs(pl_module):
+            current.data.copy_(average.data)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:
+            return super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        prefix, module = averaged_prefix(pl_module), "module."
+        average = self._average_model.state_dict()
+        checkpoint["current_model_state"] = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {
+            **checkpoint["state_dict"],
+            **{prefix + k[len(module):]: v for k, v in average.items() if k.startswith(module)},
+        }
+        checkpoint["averaging_state"] = {k: v for k, v in average.items() if not k.startswith(module)}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:
+            return super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        prefix = averaged_prefix(pl_module)
+        average = {"module." + k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        if "current_model_state" in checkpoint and "averaging_state" in checkpoint:
+            self._average_model.load_state_dict({**average, **checkpoint["averaging_state"]})
+            # the module was loaded from "state_dict" (the average): the current weights are these
+            pl_module.load_state_dict(checkpoint["current_model_state"])
+        else:  # a checkpoint written without the EMA: both start from its weights
+            self._average_model.load_state_dict(deepcopy(average), strict=False)
 
     # Lightning swaps the average back at on_validation_epoch_end, before the metric callbacks'
     # own on_validation_epoch_end (bits/dim, FID, sample grids) has run; swap back only once

@@ -34,6 +34,8 @@ class RunRecorder(pl.Callback):
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.status = "running"
+        #: more about the status, e.g. the signal that interrupted the run
+        self.status_details: dict[str, Any] = {}
         #: metrics that do not exist for this model, with the reason (e.g. bits/dim for a GAN)
         self.not_applicable: dict[str, str] = {}
 
@@ -57,7 +59,7 @@ class RunRecorder(pl.Callback):
 
     @rank_zero_only
     def write(self) -> None:
-        data: dict[str, Any] = {"status": self.status, "final": self.final, "best": self.best}
+        data: dict[str, Any] = {"status": self.status, **self.status_details, "final": self.final, "best": self.best}
         if self.not_applicable:
             data["not_applicable"] = self.not_applicable
         atomic_write_json(self.path, data)
@@ -75,8 +77,8 @@ class RunRecorder(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collect(trainer)
 
-    def finish(self, status: str = "completed") -> None:
-        self.status = status
+    def finish(self, status: str = "completed", **details: Any) -> None:
+        self.status, self.status_details = status, details
         self.write()
 
     def on_save_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -193,7 +194,7 @@ class TorchvisionDataModule(ImageDataModule):
                 self._extract(train)
                 continue
             try:  # torchvision verifies and extracts archives; downloads what is absent or corrupt
-                self._open(train, download=True)
+                self._download(train)
             except (URLError, OSError, RuntimeError) as e:
                 reason = (str(e).strip().splitlines() or [""])[-1]
                 raise DataError(
@@ -202,6 +203,26 @@ class TorchvisionDataModule(ImageDataModule):
                     f"reads, {', '.join(dict.fromkeys(self._files_hint(t) for t in splits if missing[t]))}, and set dataset.root={self.root} (or the folder "
                     f"that holds them); once they are there, set dataset.download=false.{self._pool_hint()}"
                 ) from e
+
+    def _download(self, train: bool) -> None:
+        """torchvision's download of one official split. If it fails, what the attempt created goes
+        again: folders and files, except archives that arrived complete (md5 checked); what was
+        there before stays."""
+        chain = [self._folder(), *self._folder().parents]
+        files = {path: None for path, _, _ in self._files(train)}
+        files.update({archive: md5 for _, archive, md5 in self._files(train)})
+        existed = {p for p in [*files, *chain] if p.exists()}
+        try:
+            self._open(train, download=True)
+        except BaseException:
+            for path, md5 in files.items():
+                if path not in existed and path.is_file() and not (md5 and check_integrity(str(path), md5)):
+                    path.unlink()
+            for folder in chain:  # deepest first; a folder that is not empty stays
+                if folder not in existed:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
 
     def _open(self, train: bool, download: bool) -> Any:
         """torchvision's own loader for one official split."""

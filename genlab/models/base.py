@@ -24,6 +24,8 @@ class GenerativeModel(pl.LightningModule):
     likelihood: ClassVar[Optional[str]] = None
     #: what the model's own steps log, as ``train/<name>`` and ``val/<name>``
     step_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    #: the sub-module the EMA callback averages, what samples are drawn from ("" = the whole model)
+    averaged_module: ClassVar[str] = ""
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from torch import Tensor
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.nets.likelihoods import to_unit_range
-from genlab.nets.unet import UNet
+from genlab.nets.unet import MIN_GROUP_CHANNELS, UNet
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class DDPM(GenerativeModel):
         num_res_blocks: int = 2,
         attention_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
+        scale_shift_norm: bool = True,
         cond_drop_prob: float = 0.1,
         variance: str = "posterior",
         bound_timesteps: Optional[int] = None,
@@ -132,6 +133,12 @@ class DDPM(GenerativeModel):
         if schedule == "linear" and not 0 < beta_start <= beta_end < 1:
             raise ConfigError(
                 f"model.beta_start={beta_start} and model.beta_end={beta_end} must satisfy 0 < start <= end < 1"
+            )
+        if not scale_shift_norm and int(channels) < MIN_GROUP_CHANNELS:
+            raise ConfigError(
+                f"model.scale_shift_norm=false adds the time/class embedding before a GroupNorm, which "
+                f"removes it unless each group holds several channels: model.channels={channels} is too "
+                f"narrow; use model.channels>={MIN_GROUP_CHANNELS} or model.scale_shift_norm=true"
             )
         if int(image_shape[1]) < 2 ** (len(channel_mult) - 1):
             raise ConfigError(
@@ -162,7 +169,7 @@ class DDPM(GenerativeModel):
         c, h, w = self.image_shape
         self.net = UNet(
             c, h, channels, channel_mult, num_res_blocks, attention_resolutions, dropout,
-            num_classes=num_classes if self.conditional else 0,
+            num_classes=num_classes if self.conditional else 0, scale_shift_norm=scale_shift_norm,
         )
 
     # ----- the forward process --------------------------------------------------------------

@@ -12,7 +12,8 @@ an upper bound on the discrete negative log-likelihood in the convention every f
 -log2 (1/k) sum_i p(u_i), a tighter bound (the uniform dequantizer is the proposal).
 
 Architecture, per level: [RealNVP: ``steps`` checkerboard couplings], squeeze, ``steps`` steps of
-[actnorm] [1x1 conv / fixed permutation] channel coupling, [NICE: diagonal scaling], then (except
+[actnorm] [1x1 conv / fixed permutation] channel coupling, [NICE: diagonal scaling, one value per
+dimension], then (except
 at the last level) half of the channels are factored out as latents, through Glow's learned
 prior (``learned_prior``) or straight to the N(0, I) base.
 """
@@ -36,6 +37,7 @@ from genlab.nets.flows import (
     InvConv1x1,
     Logit,
     Permutation,
+    Scaling,
     Split,
     Squeeze,
 )
@@ -129,9 +131,12 @@ class Flow(GenerativeModel):
                     layers.append(InvConv1x1(c, lu=permutation == "invconv_lu", seed=1000 * level + k))
                 elif permutation != "none":
                     layers.append(Permutation(c, permutation, seed=1000 * level + k))
-                layers.append(Coupling(c, "channel", parity=k, **coupling_kw))
+                # Reversing the channels already swaps the halves between steps; alternating the
+                # parity as well would swap them back, and the same half would never be transformed.
+                parity = 0 if permutation == "reverse" else k
+                layers.append(Coupling(c, "channel", parity=parity, **coupling_kw))
             if scaling:
-                layers.append(ActNorm(c, data_init=False))
+                layers.append(Scaling((c, h, h)))
             if level < levels - 1:
                 layers.append(Split(c, learned_prior))
                 shapes.append((c - c // 2, h, h))

@@ -14,8 +14,10 @@ A generator G maps latents z ~ N(0, I) to images; a discriminator D tells them f
 
 Training uses Lightning's manual optimization: one training batch of ``dataset.batch_size`` real
 images is split into ``n_critic`` discriminator minibatches, one D step each, then one G step.
-So every training step makes exactly one generator step, and the EMA callback (which updates
-after each training batch) averages the generator once per generator step.
+Lightning counts only the generator's steps (``trainer.global_step``, ``trainer.max_steps``,
+checkpoint names, ``every_n_train_steps``): one per training batch. The EMA callback averages
+the generator only (``averaged_module``), once per generator step; validation judges the EMA
+generator's images with the discriminator as trained.
 
 There is no likelihood: bits/dim is not applicable and FID is the metric.
 """
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from genlab.errors import ConfigError
@@ -83,6 +86,9 @@ class GAN(GenerativeModel):
     likelihood = None
     #: D(x), D(G(z)) (mean discriminator output on real / generated images) and each loss
     step_metrics = ("d_loss", "g_loss", "d_real", "d_fake")
+    averaged_module = "generator"
+    #: latents drawn to estimate the mean of the generator's first feature map (``mean_mapped``)
+    mean_samples = 4096
 
     def __init__(
         self,
@@ -155,18 +161,53 @@ class GAN(GenerativeModel):
             )
 
     # ----- the primitives samplers use ---------------------------------------------------
-    def prior_latents(self, n: int) -> Tensor:
-        return torch.randn(n, self.latent_dim, device=self.device)
+    def prior_latents(self, n: int, bound: Optional[float] = None) -> Tensor:
+        """z ~ N(0, I) [n, latent_dim]; with ``bound``, each component drawn from N(0, 1)
+        truncated to [-bound, bound] (by its inverse CDF: no redraw loop, any bound > 0 works)."""
+        z = torch.empty(n, self.latent_dim, device=self.device)
+        if bound is None:
+            return z.normal_()
+        return torch.nn.init.trunc_normal_(z, 0.0, 1.0, -bound, bound)
 
-    def mean_latent(self) -> Tensor:
-        """The mean of the latent prior N(0, I), [latent_dim]."""
-        return torch.zeros(self.latent_dim, device=self.device)
+    def _check_labels(self, y: Optional[Tensor]) -> Optional[Tensor]:
+        if not self.conditional:
+            return None
+        if y is None or (y < 0).any():
+            raise ValueError("a conditional GAN needs class labels y in 0..num_classes-1")
+        return y
+
+    def map_latents(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """The generator's first feature maps w for latents z (and labels y), float32."""
+        return self.generator.map(z, self._check_labels(y)).float()
+
+    @torch.no_grad()
+    def mean_mapped(self, y: Optional[Tensor] = None) -> Tensor:
+        """E_z[w(z, y)], the mean first feature map (per label y of a conditional model: [B, ...];
+        else [1, ...]), estimated from ``mean_samples`` latents of a fixed seed, so it is the same
+        at every call and leaves the global random state alone.
+
+        This, not w at the mean latent z = 0, is the generator's "average": its first layer is
+        linear without bias (batch norm follows), so z = 0 gives a feature map that is constant
+        over space (batch norm's shift alone) and a blank image."""
+        labels = torch.zeros(1, dtype=torch.long, device=self.device) if y is None else y.long()
+        classes, index = labels.unique(return_inverse=True)
+        rng = torch.Generator(self.device).manual_seed(0)
+        total: Optional[Tensor] = None
+        for chunk in torch.arange(self.mean_samples).split(1024):
+            z = torch.randn(len(chunk), self.latent_dim, device=self.device, generator=rng)
+            w = torch.stack([self.map_latents(z, c.expand(len(chunk)) if self.conditional else None).mean(0)
+                             for c in classes])
+            total = w * len(chunk) if total is None else total + w * len(chunk)
+        assert total is not None
+        return (total / self.mean_samples)[index]
+
+    def synthesise(self, w: Tensor) -> Tensor:
+        """Images in [-1, 1] (float32) for first feature maps w."""
+        return self.generator.synthesise(w.to(next(self.generator.parameters()).dtype)).float()
 
     def generate(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Images in [-1, 1] (float32) for latents z (and labels y for a conditional model)."""
-        if self.conditional and (y is None or (y < 0).any()):
-            raise ValueError("a conditional GAN needs class labels y in 0..num_classes-1")
-        return self.generator(z, y if self.conditional else None).float()
+        return self.generator(z, self._check_labels(y)).float()
 
     def _discriminate(self, x: Tensor, y: Optional[Tensor]) -> Tensor:
         return self.discriminator(x, y if self.conditional else None).float()
@@ -217,7 +258,7 @@ class GAN(GenerativeModel):
             self.check_finite(**terms)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
-            opt_d.step()
+            self._uncounted_step(opt_d)
         logs.update(terms, d_real=d_real.mean(), d_fake=d_fake.mean())
 
         y_g = None if labels is None else labels[idx]
@@ -229,6 +270,16 @@ class GAN(GenerativeModel):
         logs["g_loss"] = g_loss
         self.log_dict({f"train/{k}": v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False,
                       prog_bar=True, batch_size=x.shape[0])
+
+    def _uncounted_step(self, optimizer: LightningOptimizer) -> None:
+        """``optimizer.step()`` without adding to Lightning's step count.
+
+        Under manual optimization Lightning counts every ``LightningOptimizer.step()`` as a
+        training step (Lightning-AI/pytorch-lightning#17958), which would count the D and G steps
+        together. The discriminator steps through the strategy, the call that
+        ``LightningOptimizer.step()`` makes between its two counting hooks: the precision plugin
+        still unscales fp16 gradients and calls ``on_before_optimizer_step`` (clipping)."""
+        self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
 
     def _gradient_penalty(self, real: Tensor, fake: Tensor, y: Optional[Tensor]) -> Tensor:
         # In full precision: under fp16 autocast the input gradients can underflow.

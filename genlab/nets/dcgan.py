@@ -5,6 +5,9 @@ to a ``base x base`` feature map and doubles it with stride-2 transposed convolu
 it reaches the image size; the discriminator mirrors it with stride-2 convolutions. ``base``
 is the smallest size >= 4 reached by halving: 4 for 8x8 and 32x32, 7 for 28x28.
 A conditional discriminator uses the projection of Miyato & Koyama (2018).
+
+The generator is ``map`` (latent -> first feature map w: linear, batch norm, ReLU) followed by
+``synthesise`` (w -> image); truncation works in w (see ``genlab.samplers.truncation``).
 """
 
 from __future__ import annotations
@@ -64,13 +67,21 @@ class Generator(nn.Module):
         self.upsample = nn.Sequential(*ups)
         self.to_image = nn.Sequential(nn.Conv2d(widths[0], channels, 3, padding=1), nn.Tanh())
 
-    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """Latents [B, latent_dim] (and labels [B]) -> images in [-1, 1]."""
+    def map(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Latents [B, latent_dim] (and labels [B]) -> the first feature map w [B, C, base, base]."""
         if self.embed is not None:
             if y is None:
                 raise ValueError("a conditional generator needs class labels y")
             z = torch.cat([z, self.embed(y.long())], dim=1)
-        return self.to_image(self.upsample(self.project(z)))
+        return self.project(z)
+
+    def synthesise(self, w: Tensor) -> Tensor:
+        """First feature maps w -> images in [-1, 1]."""
+        return self.to_image(self.upsample(w))
+
+    def forward(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Latents [B, latent_dim] (and labels [B]) -> images in [-1, 1]."""
+        return self.synthesise(self.map(z, y))
 
 
 class Discriminator(nn.Module):

@@ -7,7 +7,7 @@ per example, shape [B]) and ``y -> x`` in ``inverse``. Images are [B, C, H, W] t
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.errors import GenlabError
+from genlab.errors import CheckpointError, GenlabError
 
 
 class FlowInverseError(GenlabError):
@@ -157,7 +157,7 @@ class ActNorm(Bijection):
     With ``data_init`` the first training batch sets loc/log_scale so that the output has zero
     mean and unit variance per channel. Under DDP the statistics are summed over all ranks
     (all_reduce), so every rank starts from the same parameters. Without ``data_init`` it
-    starts as the identity (NICE's diagonal scaling layer).
+    starts as the identity.
     """
 
     def __init__(self, channels: int, data_init: bool = True, eps: float = 1e-6) -> None:
@@ -188,6 +188,35 @@ class ActNorm(Bijection):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * torch.exp(-self.log_scale) - self.loc
+
+
+class Scaling(Bijection):
+    """NICE's diagonal scaling (Dinh et al., 2014, section 3.3): ``y = x * exp(log_scale)`` with one
+    learned scale per dimension, starting as the identity.
+
+    One value per dimension, not per channel: the additive couplings preserve volume, so this is
+    the only place where the flow can shrink the dimensions that hardly vary (the always-black
+    border of a digit) and widen the others.
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(1, *shape))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        if prefix + "initialized" in state_dict:  # the per-channel ActNorm that stood here before
+            raise CheckpointError(
+                "this NICE checkpoint was written before genlab fixed NICE (one scale per channel "
+                "instead of one per dimension, and reversed couplings that left half of the pixels "
+                "untransformed); it cannot be loaded as the fixed model. Train it again."
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x * torch.exp(self.log_scale), self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y * torch.exp(-self.log_scale)
 
 
 # ----------------------------------------------------------------------------- permutations

@@ -1,10 +1,19 @@
 """The UNet noise predictor of DDPM (Ho et al., 2020), sized by config.
 
-Wide residual blocks with GroupNorm and a projected time embedding, self-attention at chosen
-resolutions, strided-conv downsampling and nearest+conv upsampling, skip connections from every
-block of the down path. With ``channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
-attention_resolutions=(16,)`` on 32x32 RGB it is the paper's 35.7M-parameter CIFAR-10 network.
-Odd sizes (MNIST's 28 -> 14 -> 7 -> 4) work: each upsampling goes back to its skip's size.
+Wide residual blocks with GroupNorm and a projected time (and class) embedding, self-attention
+at chosen resolutions, strided-conv downsampling and nearest+conv upsampling, skip connections
+from every block of the down path. Odd sizes (MNIST's 28 -> 14 -> 7 -> 4) work: each upsampling
+goes back to its skip's size.
+
+How the embedding enters a residual block matters. By default (``scale_shift_norm=True``, as in
+Nichol & Dhariwal's improved-diffusion) it scales and shifts the normalised features,
+``norm(h) * (1 + scale) + shift``, where no normalisation can remove it. Ho et al. add it as a
+per-channel bias *before* the GroupNorm (``scale_shift_norm=False``): the norm subtracts each
+group's mean of that bias, so with one channel per group the network would not see t or the
+class at all; that mode exists only to build the paper's network, and the group sizes below
+keep several channels in every group. With ``channels=128, channel_mult=(1, 2, 2, 2),
+num_res_blocks=2, attention_resolutions=(16,), scale_shift_norm=False`` on 32x32 RGB it is the
+paper's 35.7M-parameter CIFAR-10 network.
 """
 
 from __future__ import annotations
@@ -27,16 +36,28 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
+#: the fewest channels a GroupNorm group holds, where the width allows it
+MIN_GROUP_CHANNELS = 4
+
+
+def norm_groups(channels: int) -> int:
+    """Groups of a GroupNorm over ``channels``: the most (at most 32, as in the paper) that divide
+    ``channels`` and leave ``MIN_GROUP_CHANNELS`` or more channels in each (32 at 128 channels,
+    4 at 16, 12 at 48); one group when there are fewer channels than that."""
+    return max(g for g in range(1, 33) if channels % g == 0 and (g == 1 or channels // g >= MIN_GROUP_CHANNELS))
+
+
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    return nn.GroupNorm(norm_groups(channels), channels)
 
 
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float) -> None:
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, scale_shift_norm: bool = True) -> None:
         super().__init__()
+        self.scale_shift_norm = scale_shift_norm
         self.norm1 = _norm(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
+        self.emb = nn.Linear(emb_dim, 2 * c_out if scale_shift_norm else c_out)
         self.norm2 = _norm(c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -44,8 +65,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb(F.silu(emb))[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -83,6 +109,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_classes: int = 0,
         out_channels: Optional[int] = None,
+        scale_shift_norm: bool = True,
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -91,13 +118,16 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
         attn_at = {int(r) for r in attention_resolutions}
 
+        def res_block(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, emb_dim, dropout, scale_shift_norm)
+
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
         skip_channels = [channels]
         c, res = channels, image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                block = nn.ModuleList([ResBlock(c, channels * mult, emb_dim, dropout)])
+                block = nn.ModuleList([res_block(c, channels * mult)])
                 c = channels * mult
                 if res in attn_at:
                     block.append(Attention(c))
@@ -108,12 +138,12 @@ class UNet(nn.Module):
                 skip_channels.append(c)
                 res = (res + 1) // 2
 
-        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), Attention(c), ResBlock(c, c, emb_dim, dropout)])
+        self.mid = nn.ModuleList([res_block(c, c), Attention(c), res_block(c, c)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
-                block = nn.ModuleList([ResBlock(c + skip_channels.pop(), channels * mult, emb_dim, dropout)])
+                block = nn.ModuleList([res_block(c + skip_channels.pop(), channels * mult)])
                 c = channels * mult
                 if res in attn_at:
                     block.append(Attention(c))

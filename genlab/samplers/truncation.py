@@ -1,9 +1,14 @@
-"""Latent truncation for generators (GAN family): sample z ~ N(0, I), pull it toward the mean.
+"""Truncation for generators (GAN family): trade diversity for typical samples.
 
-``psi`` interpolates every latent toward the mean latent: z' = mean + psi (z - mean) (the
-"truncation trick" of StyleGAN). psi = 1 is plain sampling; psi -> 0 trades diversity for
-fidelity and at 0 every sample is the generator's output at the mean latent. ``threshold``
-(optional, BigGAN style) first redraws each latent component whose magnitude exceeds it.
+``psi`` pulls each sample toward the generator's average, in the space of its first feature map
+w (the output of the generator's mapping from the latent; StyleGAN truncates its mapped w the
+same way): w' = mean_w + psi (w(z) - mean_w), z ~ N(0, I), where mean_w = E_z[w(z)] (per class
+for a conditional model). psi = 1 is plain sampling; at psi = 0 every sample is the generator's
+image at the mean w. Truncating z itself toward its mean 0 does not give an average image with
+a batch-normed DCGAN: see ``GAN.mean_mapped``.
+
+``threshold`` (optional, BigGAN style) draws each latent component from N(0, 1) truncated to
+[-threshold, threshold] first.
 """
 
 from __future__ import annotations
@@ -27,24 +32,22 @@ class TruncationSampler(Sampler):
     ) -> None:
         if not 0.0 <= psi <= 1.0:
             raise ConfigError(f"sampler.psi must be in [0, 1] (1 = no truncation), got {psi}")
-        if threshold is not None and threshold <= 0:
+        if threshold is not None and not threshold > 0:
             raise ConfigError(f"sampler.threshold must be > 0 or null, got {threshold}")
         self.psi = float(psi)
         self.threshold = None if threshold is None else float(threshold)
         self.classes = list(classes) if classes is not None else None
 
-    def latents(self, model: GenerativeModel, n: int) -> Tensor:
-        z = model.prior_latents(n)
-        if self.threshold is not None:
-            outside = z.abs() > self.threshold
-            while outside.any():  # each redraw keeps a component with probability P(|N(0,1)| <= t) > 0
-                z = torch.where(outside, model.prior_latents(n), z)
-                outside = z.abs() > self.threshold
-        mean = model.mean_latent()
-        return mean + self.psi * (z - mean)
+    def mapped(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None) -> Tensor:
+        """The truncated first feature maps of n samples."""
+        w = model.map_latents(model.prior_latents(n, self.threshold), labels)
+        if self.psi == 1.0:
+            return w
+        mean = model.mean_mapped(labels)
+        return mean + self.psi * (w - mean)
 
     @torch.no_grad()
     def sample(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None) -> Tensor:
         if labels is None:
             labels = self.labels_for(model, n)
-        return to_uint8(model.generate(self.latents(model, n), labels))
+        return to_uint8(model.synthesise(self.mapped(model, n, labels)))
