@@ -1,9 +1,10 @@
-"""What averaging the discriminator too costs: the shared EMA callback averages the whole module.
+"""What averaging the discriminator too cost when the shared EMA callback averaged the whole GAN
+(before issue 13; it now averages the generator only, the model's ``averaged_module``).
 
     OMP_NUM_THREADS=1 python bench/gan_ema_cost.py
 
 Times, side by side in one process on the CIFAR-10-sized DCGAN (default widths), one EMA update
-of the whole GAN (what genlab.callbacks.ema.EMA does), one of the generator alone, and one
+of the whole GAN (what genlab.callbacks.ema.EMA did), one of the generator alone (what it does), and one
 training batch (a D step and a G step on 64 images), each the median of several repeats.
 """
 

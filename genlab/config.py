@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genlab.checks import check_optimizers, check_trainer
 from genlab.errors import ConfigError, GenlabError
 from genlab.trust import check_targets
 
@@ -112,7 +113,8 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
 
 def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
     """Fail on a required key left as ??? or a value that does not resolve, or a key that the
-    class to be built does not take, naming the key."""
+    class to be built does not take, naming the key; then check the values (genlab.checks):
+    ``trainer.*`` and the model's optimizers, when those sections are asked for."""
     for section in sections:
         if section not in cfg:
             continue
@@ -132,8 +134,15 @@ def check_config(cfg: DictConfig, sections: tuple[str, ...]) -> None:
         if isinstance(cfg[section], DictConfig):
             check_keys(cfg[section], section)
     for key in ("seed",):
-        if key in cfg and not isinstance(cfg[key], int):
+        if key in cfg and (not isinstance(cfg[key], int) or isinstance(cfg[key], bool)):
             raise ConfigError(f"config key '{key}' must be an integer, got {cfg[key]!r}")
+    for key in ("test",):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
+    if "trainer" in sections and "trainer" in cfg:
+        check_trainer(cfg)
+    if "model" in sections and isinstance(cfg.get("model"), DictConfig):
+        check_optimizers(cfg.model, instantiate)
 
 
 def _group_choice(key: str) -> str:

@@ -20,12 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from genlab.callbacks.resume import STOP_SIGNALS, Preemption, ResumeState
 from genlab.callbacks.run import RunRecorder
 from genlab.checkpoint import AtomicCheckpointIO
+from genlab.checks import one_line
 from genlab.config import CONF_DIR, build_named, check_config
-from genlab.errors import GenlabError, Interrupted, Preempted, RunDirectoryInUse
+from genlab.errors import ConfigError, GenlabError, Interrupted, Preempted, RunDirectoryInUse
 from genlab.lock import RunDirectory, lock_run_directory
 from genlab.trust import command_line_is_trusted
 from genlab.utils import atomic_write_json, atomic_write_text
@@ -57,13 +59,16 @@ def build_trainer(
     recorder = RunRecorder(output_dir, container)
     preemption = Preemption(output_dir / "checkpoints" / "last.ckpt",
                             lambda status, signal_name: recorder.finish(status, signal=signal_name))
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        callbacks=[ResumeState(output_dir), *callbacks, recorder, preemption],
-        logger=loggers or False,
-        default_root_dir=str(output_dir),
-        plugins=[AtomicCheckpointIO()],
-    )
+    try:  # check_trainer checked the keys and the hardware; the whole Trainer may still refuse some
+        trainer = pl.Trainer(
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            callbacks=[ResumeState(output_dir), *callbacks, recorder, preemption],
+            logger=loggers or False,
+            default_root_dir=str(output_dir),
+            plugins=[AtomicCheckpointIO()],
+        )
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(f"Lightning refuses the trainer.* settings: {one_line(err)}") from err
     return trainer, recorder
 
 
@@ -160,7 +165,7 @@ def interrupt_on_signals() -> Iterator[None]:
 
 def report_error(err: GenlabError) -> NoReturn:
     """One ``genlab: error:`` line on stderr and exit status 1."""
-    print(f"genlab: error: {err}", file=sys.stderr)
+    print(f"genlab: error: {one_line(err)}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -196,7 +201,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
     """
 
     @functools.wraps(fn)
-    def run(cfg: DictConfig) -> Any:
+    def run_job(cfg: DictConfig) -> Any:
         output_dir = Path(cfg.paths.output_dir)
         owned = False
         try:
@@ -229,7 +234,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             return None  # no objective measured: a failed trial for Optuna, not a crashed study
         return result
 
-    return run
+    return run_job
 
 
 def hydra_main(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:

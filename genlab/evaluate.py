@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.cli import run_cli
 from genlab.config import build_sampler, check_config, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main
 from genlab.errors import ConfigError
@@ -39,8 +40,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra_main("eval")
-def main(cfg: DictConfig) -> dict[str, float]:
+def command(cfg: DictConfig) -> dict[str, float]:
     return entry_point(evaluate, ("sampler", "logger", "trainer"))(cfg)
+
+
+def main() -> dict[str, float]:
+    """The genlab-eval command."""
+    return run_cli(command)
 
 
 if __name__ == "__main__":

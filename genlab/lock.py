@@ -76,8 +76,7 @@ def lock_run_directory(directory: str | os.PathLike) -> RunDirectory:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"the run directory {path} cannot be created ({err.strerror}); point hydra.run.dir "
-                          "(or paths.log_dir) at a folder you can write to") from None
+        raise ConfigError(cannot_create_run_directory(path, err.strerror)) from None
     lock_file = path / LOCK_NAME
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
@@ -141,3 +140,12 @@ class RunDirectoryGuard(Callback):
         if holds_run(run_dir) or (run_dir / ".hydra").is_dir():
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None
+
+
+def cannot_create_run_directory(path: Path, strerror: str) -> str:
+    """Why the run directory ``path`` cannot be made (Hydra makes it, and its log file, before the
+    entry point runs; genlab makes it when Hydra did not), and the fix."""
+    blocking = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    why = f"{blocking} is a file, not a folder" if blocking else strerror
+    return (f"cannot create the run directory {path}: {why}. Choose another run directory "
+            "(hydra.run.dir=..., or paths.log_dir=... for where runs go).")

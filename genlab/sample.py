@@ -7,21 +7,54 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks.samples import save_grid
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.checks import is_int
+from genlab.cli import run_cli
 from genlab.config import build_sampler, check_config, compatible_samplers, instantiate
 from genlab.entry import entry_point, hydra_main
 from genlab.errors import ConfigError
+from genlab.models.base import GenerativeModel
 from genlab.utils import seeded
 
 log = logging.getLogger("genlab")
 
 
-def sample(cfg: DictConfig) -> Path:
-    if not isinstance(cfg.n, int) or cfg.n < 1:
+def check_arguments(cfg: DictConfig) -> None:
+    """genlab-sample's own arguments, before the checkpoint is read."""
+    if not is_int(cfg.n) or cfg.n < 1:
         raise ConfigError(f"n={cfg.n!r}: the number of samples must be a positive integer")
+    if cfg.nrow is not None and (not is_int(cfg.nrow) or cfg.nrow < 1):
+        raise ConfigError(f"nrow={cfg.nrow!r}: the images per grid row must be a positive integer "
+                          "(or null: a square grid)")
+    if cfg.get("interpolate") and (not is_int(cfg.interpolate_steps) or cfg.interpolate_steps < 2):
+        raise ConfigError(f"interpolate_steps={cfg.interpolate_steps!r} must be an integer >= 2 (the two end points)")
+    if cfg.classes is None:
+        return
+    classes = OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes
+    if not isinstance(classes, list) or not classes or not all(is_int(c) and c >= 0 for c in classes):
+        raise ConfigError(
+            f"classes={classes!r} must be a non-empty list of class indices (integers >= 0), e.g. classes=[3,7], "
+            "or null for every class in turn"
+        )
+
+
+def _check_classes(classes: list[int], model: GenerativeModel) -> None:
+    """The classes of genlab-sample against the checkpoint's model."""
+    if not model.conditional:
+        raise ConfigError("classes= was given but the checkpoint's model is not conditional: leave classes= out")
+    bad = [c for c in classes if c >= model.num_classes]
+    if bad:
+        raise ConfigError(
+            f"classes={classes}: {bad} out of range, the model knows {model.num_classes} classes "
+            f"(0..{model.num_classes - 1})"
+        )
+
+
+def sample(cfg: DictConfig) -> Path:
+    check_arguments(cfg)
     output_dir = Path(cfg.paths.output_dir)
     checkpoint = read_checkpoint(cfg.ckpt)
     cfg = with_trained_run(checkpoint, cfg)
@@ -33,8 +66,7 @@ def sample(cfg: DictConfig) -> Path:
     if cfg.get("interpolate"):
         return interpolate(cfg, model, sampler, output_dir)
     if cfg.classes is not None:
-        if not model.conditional:
-            raise ConfigError("classes= was given but the checkpoint's model is not conditional")
+        _check_classes(list(cfg.classes), model)
         sampler.classes = list(cfg.classes)
     labels = sampler.labels_for(model, cfg.n)
     with seeded(cfg.seed):
@@ -79,8 +111,13 @@ def interpolate(cfg: DictConfig, model: torch.nn.Module, sampler: object, output
 
 
 @hydra_main("sample")
-def main(cfg: DictConfig) -> None:
-    entry_point(sample, ())(cfg)
+def command(cfg: DictConfig) -> None:
+    entry_point(sample, ("trainer",))(cfg)
+
+
+def main() -> None:
+    """The genlab-sample command."""
+    run_cli(command)
 
 
 if __name__ == "__main__":

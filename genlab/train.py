@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from genlab.cli import run_cli
 from genlab.config import build_sampler, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main, in_multirun
 from genlab.errors import ConfigError
@@ -120,8 +121,13 @@ def train(cfg: DictConfig) -> Optional[float]:
 
 
 @hydra_main("train")
-def main(cfg: DictConfig) -> Optional[float]:
+def command(cfg: DictConfig) -> Optional[float]:
     return entry_point(train, ("dataset", "model", "sampler", "callbacks", "logger", "trainer"))(cfg)
+
+
+def main() -> Optional[float]:
+    """The genlab-train command."""
+    return run_cli(command)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,31 @@ def test_a_failed_download_leaves_nothing_it_created(tmp_path: Path, mirror: dic
     assert tree(tmp_path / "mine") == before
 
 
+def test_a_silent_server_fails_the_download_after_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror that accepts the connection and never answers (a firewall that drops, a hung
+    proxy): the download fails after DOWNLOAD_TIMEOUT_S, not never."""
+    import socket
+    import time
+
+    from torchvision.datasets import MNIST
+
+    import genlab.data.torchvision_sets as torchvision_sets
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel completes the handshakes; nobody reads or answers
+    monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{listener.getsockname()[1]}/"])
+    monkeypatch.setattr(torchvision_sets, "DOWNLOAD_TIMEOUT_S", 0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(DataError, match="could not be downloaded.*timed out"):
+            TorchvisionDataModule(name="mnist", root=str(tmp_path / "data"), pool="test", download=True).check()
+    finally:
+        listener.close()
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "data").exists() and socket.getdefaulttimeout() is None
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="real MNIST files not present")
 def test_a_download_cut_short_keeps_the_complete_archive_and_removes_the_partial_one(tmp_path: Path,
                                                                                      mirror: dict) -> None:

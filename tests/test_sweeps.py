@@ -72,19 +72,21 @@ def test_grid_sweep_runs_every_combination_with_one_wandb_group(tmp_path):
 @pytest.mark.slow
 def test_failed_jobs_are_recorded_and_the_sweep_runs_on(tmp_path):
     sweep = tmp_path / "sweep"
-    # Job 0 fails inside fit (torch refuses lr=-1: not a genlab error), after its W&B run started;
-    # jobs 2 and 3 fail at the start (genlab's ConfigError for an objective nothing measures).
-    result = sweep_cli(sweep, "objective=val/bpd,val/nope", "model.optimizer.lr=-1,0.002", "logger=wandb",
-                       "callbacks.fid=null", *TINY)
+    # Job 0 fails inside fit (its learning-rate schedule of one step is stepped past its end: torch's
+    # ValueError, not a genlab error), after its W&B run started; jobs 2 and 3 fail at the start
+    # (genlab's ConfigError for an objective nothing measures).
+    one_cycle = "model.scheduler={_target_:torch.optim.lr_scheduler.OneCycleLR,_partial_:true,max_lr:0.002}"
+    result = sweep_cli(sweep, "objective=val/bpd,val/nope", one_cycle, "+model.scheduler.total_steps=1,1000",
+                       "logger=wandb", "callbacks.fid=null", *TINY)
     assert result.returncode == 1  # the sweep ran to the end, and says that jobs failed
     output = result.stdout + result.stderr
     assert "3 of 4 jobs of the sweep failed" in output
-    assert "job 0 failed: ValueError: Invalid learning rate: -1" in output
+    assert "job 0 failed: ValueError: Tried to step 2 times" in output
 
     done = json.loads((sweep / "1" / "metrics.json").read_text())
     assert done["status"] == "completed" and math.isfinite(done["final"]["test/bpd"])
     failed = {job: json.loads((sweep / job / "FAILED.json").read_text()) for job in ("0", "2", "3")}
-    assert failed["0"]["error"] == "ValueError" and "Invalid learning rate" in failed["0"]["message"]
+    assert failed["0"]["error"] == "ValueError" and "Tried to step 2 times" in failed["0"]["message"]
     assert failed["2"]["error"] == failed["3"]["error"] == "ConfigError"
     assert "objective=val/nope" in failed["2"]["message"]
     assert not (sweep / "1" / "FAILED.json").exists()
@@ -102,7 +104,7 @@ def test_failed_jobs_are_recorded_and_the_sweep_runs_on(tmp_path):
 
     rows = {r["job"]: r for r in report_rows(sweep, tmp_path / "report")}
     assert [rows[j]["status"] for j in "0123"] == ["failed", "completed", "failed", "failed"]
-    assert rows["0"]["error"] == "ValueError: Invalid learning rate: -1"
+    assert rows["0"]["error"].startswith("ValueError: Tried to step 2 times")
     assert rows["2"]["error"].startswith("ConfigError: objective=val/nope is not measured")
     assert rows["1"]["error"] == "" and float(rows["1"]["objective value"]) == done["best"]["val/bpd"]
     markdown = (tmp_path / "report" / "report.md").read_text()

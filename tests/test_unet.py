@@ -112,4 +112,5 @@ def test_a_briefly_trained_conditional_unet_depends_on_t_and_the_class(tmp_path)
         at10 = model.net(xt, torch.full((64,), 10), y3)
         by_t = relative_change(at10, model.net(xt, torch.full((64,), 900), y3))
         by_class = relative_change(at10, model.net(xt, torch.full((64,), 10), y7))
-    assert by_t > 0.05 and by_class > 0.02, (by_t, by_class)
+    # measured 0.08 and 0.12; the old placement gave ~1e-7 for both
+    assert by_t > 0.02 and by_class > 0.02, (by_t, by_class)

@@ -7,6 +7,7 @@ import logging
 import pytorch_lightning as pl
 import torch
 
+from genlab.checks import require_positive
 from genlab.metrics.distributed import map_chunks
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ class BitsPerDim(pl.Callback):
     """
 
     def __init__(self, max_examples: int | None = None, chunk_size: int = 100, seed: int = 4321) -> None:
+        require_positive("callbacks.bpd", chunk_size=chunk_size)
+        if max_examples is not None:  # null = the whole split
+            require_positive("callbacks.bpd", max_examples=max_examples)
         self.max_examples = max_examples
         self.chunk_size = chunk_size
         self.seed = seed

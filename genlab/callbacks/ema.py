@@ -27,9 +27,13 @@ def averaged_prefix(pl_module: pl.LightningModule) -> str:
     name = getattr(pl_module, "averaged_module", "")
     return f"{name}." if name else ""
 
+from genlab.checks import require_fraction, require_positive
+
 
 class EMA(WeightAveraging):
     def __init__(self, decay: float = 0.999, every_n_steps: int = 1) -> None:
+        require_fraction("callbacks.ema", decay=decay)
+        require_positive("callbacks.ema", every_n_steps=every_n_steps)
         def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
             n = float(num_averaged)
             d = min(decay, (1.0 + n) / (10.0 + n))

@@ -17,6 +17,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
+from genlab.checks import require_positive
 from genlab.errors import ConfigError, GenlabError
 from genlab.metrics.distributed import map_chunks
 from genlab.metrics.fid import (
@@ -64,13 +65,9 @@ class FIDCallback(pl.Callback):
             raise ConfigError(
                 f"callbacks.fid.extractor={extractor} is unknown; choose one of {list(EXTRACTORS)}."
             )
-        for key, value, least in (
-            ("num_samples", num_samples, 2),
-            ("every_n_epochs", every_n_epochs, 1),
-            ("chunk_size", chunk_size, 1),
-        ):
-            if int(value) < least:
-                raise ConfigError(f"callbacks.fid.{key}={value} must be an integer >= {least}.")
+        require_positive("callbacks.fid", every_n_epochs=every_n_epochs, chunk_size=chunk_size)
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
+            raise ConfigError(f"callbacks.fid.num_samples={num_samples!r} must be an integer >= 2 (a covariance).")
         self.extractor_name = extractor
         self.num_samples = int(num_samples)
         self.weights_path = weights_path

@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from genlab.checks import require_positive
 from genlab.utils import seeded
 
 
@@ -30,6 +31,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 class SampleGrid(pl.Callback):
     def __init__(self, dirpath: str, n: int = 64, seed: int = 0, every_n_epochs: int = 1) -> None:
+        require_positive("callbacks.samples", n=n, every_n_epochs=every_n_epochs)
         self.dirpath = Path(dirpath)
         self.n = n
         self.seed = seed

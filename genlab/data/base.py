@@ -8,6 +8,7 @@ pixels to floats: each model maps ``x`` into its own space.
 from __future__ import annotations
 
 import copy
+import errno
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms.v2 import functional as F
 
+from genlab.checks import cpus_available
 from genlab.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -78,6 +80,15 @@ class EpochShuffle(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+
+
+def refuse_dangling_link(root: Path) -> None:
+    """dataset.root as a symbolic link that leads nowhere: say so (Path.exists() says only False)."""
+    if root.is_symlink() and not root.exists():
+        raise DataError(
+            f"dataset.root={root} is a symbolic link that leads nowhere (a link loop or a missing target): "
+            "point dataset.root at the folder itself."
+        )
 
 
 def _is_int(value: Any) -> bool:
@@ -143,7 +154,12 @@ class ImageDataModule(pl.LightningDataModule):
         if self._checked:
             return
         self._check_config()
-        pool, official_test = self._inspect()
+        try:
+            pool, official_test = self._inspect()
+        except OSError as e:  # a symlink loop (ELOOP), a folder without read permission, ...
+            what = "is a symbolic link loop" if e.errno == errno.ELOOP else f"cannot be read ({e.strerror})"
+            raise DataError(f"{e.filename} {what}: remove it from dataset.root={self.root} or fix it, "
+                            "then run again.") from None
         self._check_num_classes()
         self._check_fractions(pool, official_test)
         self._checked = True
@@ -164,6 +180,15 @@ class ImageDataModule(pl.LightningDataModule):
                 raise DataError(f"dataset.{key}={value!r} must be a positive integer.")
         if not _is_int(self.num_workers) or self.num_workers < 0:
             raise DataError(f"dataset.num_workers={self.num_workers!r} must be an integer >= 0.")
+        # Each worker is a process (per DDP rank): more than the CPUs only costs memory and
+        # start-up time. Two are always allowed: the image_folder default, on any machine.
+        most = max(2, cpus_available())
+        if self.num_workers > most:
+            raise DataError(
+                f"dataset.num_workers={self.num_workers} starts that many loader processes, but this process "
+                f"may use {cpus_available()} CPUs: set dataset.num_workers to at most {most} (0 = load in the "
+                "main process)."
+            )
         if not _is_int(self.num_classes) or self.num_classes < 0:
             raise DataError(
                 f"dataset.num_classes={self.num_classes!r} must be an integer >= 0 (0 = unlabelled)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms.v2 import functional as F
 
-from genlab.data.base import ImageDataModule, TensorImages
+from genlab.data.base import ImageDataModule, TensorImages, refuse_dangling_link
 from genlab.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -32,6 +33,14 @@ def _visible(folder: str | os.PathLike) -> list[os.DirEntry]:
         return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+def _refuse_link_back(entry: os.DirEntry, root: Path) -> None:
+    """A symlinked folder that leads back to dataset.root or above it is a loop (ELOOP)."""
+    if entry.is_symlink():
+        target = Path(entry.path).resolve()
+        if target == root.resolve() or target in root.resolve().parents:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), entry.path)
+
+
 def _first_image(folder: str) -> Optional[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
@@ -41,11 +50,28 @@ def _first_image(folder: str) -> Optional[Path]:
     return None
 
 
+def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
+    """16-bit grey images (PNG, TIFF) scaled to 8 bits, 65535 -> 255 (PIL's own conversion clips
+    them at 255). Other modes are left to PIL's convert."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):  # PNG: at most 16 bits
+        pixels = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.round(pixels * (255 / 65535)).astype(np.uint8), "L")
+    if img.mode in ("I", "F"):
+        raise DataError(
+            f"{path} holds {'32-bit integer' if img.mode == 'I' else 'floating-point'} pixels, which have no fixed "
+            "range to map to 8 bits: save it as an 8- or 16-bit image, or remove it from dataset.root."
+        )
+    return img
+
+
 def load_image(path: Path, channels: int, image_size: int) -> Tensor:
     """One image file as uint8 [channels, image_size, image_size]: shorter side resized, center crop."""
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            img.load()
+            img = _to_8bit(img, path).convert("L" if channels == 1 else "RGB")
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e}): delete or replace it.") from e
     if img.size != (image_size, image_size):
@@ -108,6 +134,7 @@ class ImageFolderDataModule(ImageDataModule):
         root = self.root
         if root is None:
             raise DataError("dataset.root is not set: set dataset.root=<folder of images>.")
+        refuse_dangling_link(root)
         if not root.exists():
             raise DataError(f"dataset.root={root} does not exist: set dataset.root to a folder of images.")
         if not root.is_dir():
@@ -133,9 +160,11 @@ class ImageFolderDataModule(ImageDataModule):
         by_class: dict[str, list[Path]] = {}
         for entry in _visible(root):
             if entry.is_dir():
+                _refuse_link_back(entry, root)
                 files = []
                 for sub in _visible(entry.path):
                     if sub.is_dir():
+                        _refuse_link_back(sub, root)
                         nested = _first_image(sub.path)
                         if nested is not None:
                             raise DataError(
@@ -176,6 +205,9 @@ class ImageFolderDataModule(ImageDataModule):
             try:
                 with Image.open(path) as img:
                     img.load()
+                    _to_8bit(img, path)  # refuses pixel formats without a fixed range
+            except DataError as e:
+                raise DataError(f"{e} (dataset.root={self.root})") from None
             except Exception as e:
                 raise DataError(
                     f"{path} is not a readable image ({type(e).__name__}: {e}): delete or replace it "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -14,10 +15,12 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity, extract_archive
 
-from genlab.data.base import ImageDataModule, TensorImages, convert_images
+from genlab.data.base import ImageDataModule, TensorImages, convert_images, refuse_dangling_link
 from genlab.errors import DataError
 
 POOLS = ("official", "train", "test")
+#: seconds a download may wait for the server (to connect, or for the next bytes) before it fails
+DOWNLOAD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class TorchvisionDataModule(ImageDataModule):
                 f"dataset.root is not set: set dataset.root=<folder> where torchvision finds or "
                 f"downloads {self.name} (e.g. dataset.root=data)."
             )
+        refuse_dangling_link(self.root)
         if self.root.exists() and not self.root.is_dir():
             raise DataError(f"dataset.root={self.root} is not a directory: point it at a folder.")
         self._fetch()
@@ -205,13 +209,15 @@ class TorchvisionDataModule(ImageDataModule):
                 ) from e
 
     def _download(self, train: bool) -> None:
-        """torchvision's download of one official split. If it fails, what the attempt created goes
-        again: folders and files, except archives that arrived complete (md5 checked); what was
-        there before stays."""
+        """torchvision's download of one official split, failing when the server is silent for
+        ``DOWNLOAD_TIMEOUT_S``. If it fails, what the attempt created goes again: folders and files,
+        except archives that arrived complete (md5 checked); what was there before stays."""
         chain = [self._folder(), *self._folder().parents]
         files = {path: None for path, _, _ in self._files(train)}
         files.update({archive: md5 for _, archive, md5 in self._files(train)})
         existed = {p for p in [*files, *chain] if p.exists()}
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision's urlopen waits forever otherwise
         try:
             self._open(train, download=True)
         except BaseException:
@@ -223,6 +229,8 @@ class TorchvisionDataModule(ImageDataModule):
                     with contextlib.suppress(OSError):
                         folder.rmdir()
             raise
+        finally:
+            socket.setdefaulttimeout(timeout)
 
     def _open(self, train: bool, download: bool) -> Any:
         """torchvision's own loader for one official split."""

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from genlab.checks import require_positive
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.nets.autoregressive import (
@@ -39,15 +40,10 @@ LOG2 = math.log(2.0)
 log = logging.getLogger(__name__)
 
 
-def _positive(name: str, value: int) -> int:
-    if int(value) < 1:
-        raise ConfigError(f"model.{name} must be a positive integer, got {value}")
-    return int(value)
-
-
 def _check_kernels(kernel_size: int, first_kernel_size: int) -> None:
+    require_positive("model", kernel_size=kernel_size, first_kernel_size=first_kernel_size)
     for name, k in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
-        if k < 1 or k % 2 == 0:
+        if k % 2 == 0:
             raise ConfigError(f"model.{name} must be an odd positive integer, got {k}")
 
 
@@ -137,14 +133,14 @@ class PixelCNN(AutoregressiveModel):
     ) -> None:
         super().__init__(image_shape, num_classes, conditional, optimizer, scheduler)
         c = self.image_shape[0]
-        channels, blocks = _positive("channels", channels), _positive("blocks", blocks)
+        require_positive("model", channels=channels, blocks=blocks, head_channels=head_channels)
         if channels < 2 * c:
             raise ConfigError(f"model.channels={channels} is too small for {c} colour channels; use >= {2 * c}")
         _check_kernels(kernel_size, first_kernel_size)
         self.input_conv = MaskedConv2d(c, channels, first_kernel_size, "A", c)
         self.class_bias = nn.Embedding(num_classes, channels) if self.conditional else None
         self.blocks = nn.Sequential(*[ResidualBlock(channels, kernel_size, c) for _ in range(blocks)])
-        self.head = OutputHead(channels, _positive("head_channels", head_channels), c)
+        self.head = OutputHead(channels, head_channels, c)
         self.rows_needed = self.cols_needed = first_kernel_size // 2 + blocks * (kernel_size // 2)
 
     def logits_from_embedded(self, h: Tensor, y: Optional[Tensor] = None) -> Tensor:
@@ -175,7 +171,7 @@ class GatedPixelCNN(AutoregressiveModel):
     ) -> None:
         super().__init__(image_shape, num_classes, conditional, optimizer, scheduler)
         c = self.image_shape[0]
-        channels, layers = _positive("channels", channels), _positive("layers", layers)
+        require_positive("model", channels=channels, layers=layers, head_channels=head_channels)
         if channels < c:
             raise ConfigError(f"model.channels={channels} is too small for {c} colour channels; use >= {c}")
         _check_kernels(kernel_size, first_kernel_size)
@@ -184,7 +180,7 @@ class GatedPixelCNN(AutoregressiveModel):
             [GatedLayer(c, channels, first_kernel_size, c, n_cls, first=True)]
             + [GatedLayer(channels, channels, kernel_size, c, n_cls) for _ in range(layers - 1)]
         )
-        self.head = OutputHead(channels, _positive("head_channels", head_channels), c)
+        self.head = OutputHead(channels, head_channels, c)
         # both stacks reach k//2 pixels per layer; the shift into h adds one row
         self.cols_needed = first_kernel_size // 2 + (layers - 1) * (kernel_size // 2)
         self.rows_needed = self.cols_needed + 1
@@ -216,7 +212,7 @@ class ARTransformer(AutoregressiveModel):
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
         super().__init__(image_shape, num_classes, conditional, optimizer, scheduler)
-        dim, depth, heads = _positive("dim", dim), _positive("depth", depth), _positive("heads", heads)
+        require_positive("model", dim=dim, depth=depth, heads=heads)
         if dim % heads:
             raise ConfigError(f"model.dim={dim} must be a multiple of model.heads={heads}")
         self.length = self.num_dims

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from genlab.checks import require_fraction, require_positive
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.nets.likelihoods import to_unit_range
@@ -117,8 +118,13 @@ class DDPM(GenerativeModel):
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
         super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
-        if int(timesteps) < 2:
-            raise ConfigError(f"model.timesteps must be >= 2, got {timesteps}")
+        require_positive("model", channels=channels, channel_mult=channel_mult,
+                         num_res_blocks=num_res_blocks)
+        if attention_resolutions:  # empty = no attention
+            require_positive("model", attention_resolutions=attention_resolutions)
+        require_fraction("model", dropout=dropout)
+        if not isinstance(timesteps, int) or timesteps < 2:
+            raise ConfigError(f"model.timesteps={timesteps!r} must be an integer >= 2")
         for key, value, allowed in (
             ("prediction", prediction, PREDICTIONS),
             ("variance", variance, VARIANCES),
@@ -126,8 +132,8 @@ class DDPM(GenerativeModel):
         ):
             if value not in allowed:
                 raise ConfigError(f"model.{key}={value!r} is not known; use one of {list(allowed)}")
-        if bound_timesteps is not None and int(bound_timesteps) < 1:
-            raise ConfigError(f"model.bound_timesteps must be >= 1 (or null for all T), got {bound_timesteps}")
+        if bound_timesteps is not None:  # null = all T
+            require_positive("model", bound_timesteps=bound_timesteps)
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ConfigError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         if schedule == "linear" and not 0 < beta_start <= beta_end < 1:

@@ -27,6 +27,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from genlab.checks import require_positive
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.nets.flows import (
@@ -102,10 +103,10 @@ class Flow(GenerativeModel):
                                     ("permutation", permutation, PERMUTATIONS), ("net", net, NETS),
                                     ("preprocess", preprocess, PREPROCESS)):
             _choice(key, value, allowed)
-        for key, value in (("levels", levels), ("steps", steps), ("hidden", hidden),
-                           ("eval_dequant_samples", eval_dequant_samples)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{key}={value!r} must be a positive integer")
+        require_positive("model", levels=levels, steps=steps, hidden=hidden, blocks=blocks,
+                         eval_dequant_samples=eval_dequant_samples)
+        if not scale_bound > 0:
+            raise ConfigError(f"model.scale_bound={scale_bound!r} must be a number > 0")
         if not 0 <= logit_alpha < 0.5:
             raise ConfigError(f"model.logit_alpha={logit_alpha!r} must be in [0, 0.5)")
         c, h, w = self.image_shape

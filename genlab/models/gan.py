@@ -33,6 +33,7 @@ from torch import Tensor
 from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
+from genlab.checks import require_positive
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.nets.dcgan import DISC_NORMS, Discriminator, Generator, resolution_levels
@@ -109,6 +110,9 @@ class GAN(GenerativeModel):
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
         super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        require_positive("model", latent_dim=latent_dim, g_width=g_width, d_width=d_width, max_width=max_width)
+        if gp_weight < 0:
+            raise ConfigError(f"model.gp_weight={gp_weight} must be a number >= 0")
         if loss not in LOSSES:
             raise ConfigError(f"model.loss={loss!r} is not known; use one of {sorted(LOSSES)}")
         self.d_loss_fn, self.g_loss_fn, default_norm, default_n_critic = LOSSES[loss]

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from genlab.checks import require_positive
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.nets.likelihoods import PIXEL_LIKELIHOODS, to_unit_range
@@ -45,12 +46,13 @@ class VAE(GenerativeModel):
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
         super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        require_positive("model", latent_dim=latent_dim, channels=channels, iw_samples=iw_samples)
+        if beta < 0:
+            raise ConfigError(f"model.beta={beta} must be a number >= 0 (the weight of the KL term)")
         if likelihood not in PIXEL_LIKELIHOODS:
             raise ConfigError(
                 f"model.likelihood={likelihood!r} is not known; use one of {sorted(PIXEL_LIKELIHOODS)}"
             )
-        if iw_samples < 1:
-            raise ConfigError(f"model.iw_samples must be >= 1, got {iw_samples}")
         self.latent_dim = int(latent_dim)
         self.beta = float(beta)
         self.iw_samples = int(iw_samples)
