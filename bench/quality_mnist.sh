@@ -12,7 +12,8 @@
 #   bash bench/quality_mnist.sh vae_mnist dcgan_mnist
 # Environment: PYTHON (default .venv/bin/python), THREADS (default 1), MNIST (the folder of the .gz
 # files, default ../shared/data/mnist), WORK (default a temp dir; reuse one to keep the FID
-# classifier, which genlab trains once per cache).
+# classifier, which genlab trains once per cache: 10 minutes on the loaded machine), EPOCHS_ALL (train
+# every named experiment this many epochs instead), BPD_EXAMPLES (val images for bits/dim, 1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -34,11 +35,11 @@ mkdir -p "$work/data/MNIST/raw" bench/results
 cp "${MNIST:-../shared/data/mnist}"/*.gz "$work/data/MNIST/raw/"
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS WANDB_MODE=offline GENLAB_CACHE_DIR="$work/cache"
 for name in "${experiments[@]}"; do
-    epochs=${EPOCHS[$name]:?no sizing for $name in bench/quality_mnist.sh}
+    epochs=${EPOCHS_ALL:-${EPOCHS[$name]:?no sizing for $name in bench/quality_mnist.sh}}
     start=$(date +%s)
     "$PYTHON" -m bench.quality "$name" dataset.root="$work/data" dataset.pool=test \
         trainer.max_epochs="$epochs" trainer.check_val_every_n_epoch="$epochs" \
-        callbacks.fid.extractor=classifier callbacks.fid.num_samples=1000 callbacks.fid.every_n_epochs=1 callbacks.bpd.max_examples=1000 \
+        callbacks.fid.extractor=classifier callbacks.fid.num_samples=1000 callbacks.fid.every_n_epochs=1 callbacks.bpd.max_examples=${BPD_EXAMPLES:-1000} \
         --max-train 4000 --run-dir "$work/runs/$name" --grid "bench/results/quality_$name.png" \
         --json bench/results/quality_mnist.jsonl > "$work/$name.log" 2>&1
     echo "$name: $epochs epochs, $(( $(date +%s) - start )) s wall (train, validate, sample, score)" \

@@ -17,10 +17,6 @@ from bench.quality import CASES, IndependentClassifier, datamodule_of, failures,
 
 DIGITS_EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*_digits.yaml"))
 
-#: Floors the models of the day miss, because of the defect named (issue 13); strict, so the fix
-#: that makes them pass must also remove the mark.
-KNOWN_DEFECTS: dict[str, str] = {}
-
 
 @pytest.fixture(scope="module")
 def classifier() -> IndependentClassifier:
@@ -41,11 +37,7 @@ def test_the_independent_classifier_knows_digits_from_noise(classifier):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[name]))
-     if name in KNOWN_DEFECTS else name for name in CASES],
-)
+@pytest.mark.parametrize("name", list(CASES))
 def test_experiment_meets_its_quality_floor(name, classifier, tmp_path):
     case = CASES[name]
     scores = score_experiment(case.experiment, case.overrides, tmp_path / "run", classifier)
