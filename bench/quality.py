@@ -117,7 +117,7 @@ CASES: dict[str, Case] = {
     # Each comment: bits/dim, FID, and class accuracy or confidence as measured at this size
     # (python -m bench.quality NAME --quick), after the issue-13 fixes / before them (main at
     # a9f2318). The independent classifier gives 0.94 confidence on real held-out digits.
-    # 1.89, FID 4.1, accuracy 0.71 (chance 0.1); the family had no defect to fix
+    # 1.89, FID 4.1, accuracy 0.71 (chance 0.1), the same before and after; no defect to fix
     "autoregressive_digits": Case("autoregressive_digits", 20, Floor(fid=10.0, bpd=2.1, accuracy=0.5)),
     # 3.56, FID 2.9, accuracy 0.99 / before the likelihood fix 4.01, FID 7.2, accuracy 1.0
     "cvae_digits": Case("cvae_digits", 30, Floor(fid=10.0, bpd=3.8, accuracy=0.9)),
