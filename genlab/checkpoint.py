@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from genlab.config import CONF_DIR, instantiate
 from genlab.errors import CheckpointError
 from genlab.models.base import GenerativeModel
 from genlab.trust import check_targets
-from genlab.utils import atomic_file, flatten
+from genlab.utils import atomic_file, flatten, is_disk_full
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
@@ -154,12 +153,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             with atomic_file(path, "wb") as file:
                 torch.save(checkpoint, file)
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
+        except (OSError, RuntimeError) as err:
+            if not is_disk_full(err):
                 raise
             free_mb = shutil.disk_usage(path.parent).free / 2**20
             raise CheckpointError(
                 f"out of disk space while saving the checkpoint {path} ({free_mb:.0f} MiB free on "
-                f"{path.parent}); the previous checkpoint there is kept. Free some space (or point "
-                "paths.log_dir at a larger disk) and re-run the same command to resume."
+                f"{path.parent} once the partial file was removed); the previous checkpoint there is "
+                "kept. Free some space (or point paths.log_dir at a larger disk) and re-run the same "
+                "command to resume."
             ) from None

@@ -8,6 +8,8 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from genlab.utils import atomic_file
+
 
 class _KeepingWriter(ExperimentWriter):
     """Appends to an existing ``metrics.csv`` instead of deleting it. A resumed run first drops
@@ -21,6 +23,18 @@ class _KeepingWriter(ExperimentWriter):
 
     def _check_log_dir_exists(self) -> None:
         pass
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning truncates the file, then writes it again: a run killed in between (the
+        # header grows at the first validation and at the test) would lose its whole history.
+        if "://" in self.metrics_file_path:
+            return super()._rewrite_with_new_header(fieldnames)
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            rows = list(csv.DictReader(file))
+        with atomic_file(self.metrics_file_path) as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class ResumableCSVLogger(CSVLogger):

@@ -5,7 +5,9 @@ A run directory is in one of three states, read from what the run left there:
 * new (nothing of a run in it): start from step 0;
 * unfinished (``metrics.json`` says running, preempted, interrupted or failed): resume from
   ``checkpoints/last.ckpt`` with the same W&B run id, after checking that the config is the
-  run's own; an unfinished run without any checkpoint starts over, and says so;
+  run's own. A ``last.ckpt`` that cannot be read (cut short by a crash or a copy) gives way to
+  the newest checkpoint beside it that can, with a warning; where none can, the run stops with
+  one line naming the file. An unfinished run without any checkpoint starts over, and says so;
 * completed: nothing to train; the recorded objective is returned (a re-run sweep skips its
   finished jobs).
 """
@@ -16,18 +18,21 @@ import csv
 import io
 import json
 import logging
+import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.checkpoint import StoredModel, read_checkpoint
-from genlab.errors import RunDirectoryInUse, UntrustedConfig
+from genlab.errors import CheckpointError, RunDirectoryInUse, UntrustedConfig
 from genlab.trust import check_targets
-from genlab.utils import atomic_write_text, flatten
+from genlab.utils import atomic_file, atomic_write_text, flatten
 
 log = logging.getLogger("genlab")
 
@@ -68,6 +73,7 @@ def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
         stored.check_target(cfg.model)
         return StartPlan("new", ckpt_path=str(explicit), stored=stored)
     if not holds_run:
+        remove_temporary_files(output_dir)  # an attempt killed before its first checkpoint
         return StartPlan("new")
 
     metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
@@ -76,12 +82,84 @@ def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
         check_same_run(previous, cfg, output_dir)
     if metrics.get("status") == "completed":
         return StartPlan("completed", previous=previous, metrics=metrics)
-    if last.is_file():
-        return StartPlan("resume", ckpt_path=str(last), previous=previous)
+    remove_temporary_files(output_dir)
+    checkpoint = resume_checkpoint(output_dir / "checkpoints")
+    if checkpoint is not None:
+        return StartPlan("resume", ckpt_path=str(checkpoint), previous=previous)
     log.warning(
         "the run directory %s holds an unfinished run (status %s) without a checkpoint to resume "
         "from: starting it over from step 0", output_dir, metrics.get("status", "unknown"))
     return StartPlan("new", previous=previous)
+
+
+@rank_zero_only
+def remove_temporary_files(output_dir: Path) -> None:
+    """Remove the temporary files of saves a killed attempt never finished (``atomic_file``
+    names them ``.<file>.<random>.tmp``); the files they were to replace are intact."""
+    for folder in (output_dir, output_dir / "checkpoints", *output_dir.glob("csv/**/")):
+        for path in folder.glob(".*.tmp"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                log.info("removed %s, left by a save that was interrupted", path)
+
+
+def _training_step(path: Path) -> tuple[Optional[int], str]:
+    """The training step the checkpoint at ``path`` holds, or None and why it cannot be loaded.
+    Memory-mapped, so the tensors are not read; a file cut short fails all the same (a zip
+    archive's directory is at its end)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many kinds on a damaged file
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty message'}"
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("global_step"), int):
+        return None, "it holds no training state"
+    return checkpoint["global_step"], ""
+
+
+def resume_checkpoint(folder: Path) -> Optional[Path]:
+    """The checkpoint an unfinished run resumes from: ``last.ckpt``; None where the folder holds
+    no checkpoint.
+
+    A ``last.ckpt`` that is missing or cannot be read is replaced by a copy of the newest other
+    checkpoint that can (the damaged file is kept as ``last.ckpt.damaged``, the others are left
+    as they are), so that ``last.ckpt`` stays the newest state even where the resumed run has
+    nothing left to train. Where no checkpoint can be read, the run stops with one line.
+    """
+    last = folder / "last.ckpt"
+    problem = "it is missing"
+    if last.is_file():
+        step, problem = _training_step(last)
+        if step is not None:
+            return last
+    readable: list[tuple[int, Path]] = []
+    damaged = [last.name] if last.is_file() else []
+    for path in sorted(set(folder.glob("*.ckpt")) - {last}):
+        step, _ = _training_step(path)
+        if step is None:
+            damaged.append(path.name)
+        else:
+            readable.append((step, path))
+    if readable:
+        step, newest = max(readable)
+        log.warning("%s cannot be used (%s): resuming from %s (step %d), the newest checkpoint beside it "
+                    "that can be read; it is copied to last.ckpt", last, problem, newest.name, step)
+        _replace_last(last, newest)
+        return last
+    if damaged:
+        raise CheckpointError(
+            f"{last} cannot be read ({problem}) and no other checkpoint in {folder} can be "
+            f"({', '.join(damaged)}): the run cannot be resumed. Restore last.ckpt from a copy, or move "
+            "the damaged files out of that folder to start the run over from step 0."
+        )
+    return None
+
+
+@rank_zero_only
+def _replace_last(last: Path, newest: Path) -> None:
+    if last.is_file():
+        os.replace(last, last.with_name(last.name + ".damaged"))
+    with atomic_file(last, "wb") as target, newest.open("rb") as source:
+        shutil.copyfileobj(source, target)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -21,14 +23,57 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (changing it, even for
+    an instant, would race with files other threads create)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files ``atomic_file`` writes beside ``path`` (left over when a process is
+    killed while writing)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` comes from a full disk (or quota). torch.save reports it as a RuntimeError
+    ("[enforce fail at inline_container.cc] ... unexpected pos") raised while handling the
+    file's OSError, so the whole chain of causes is looked at."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` and rename it over ``path`` once fully written and
-    synced: readers (and a crash) see the old content or the new one, never half of it."""
+    synced: readers (and a crash) see the old content or the new one, never half of it.
+
+    The file gets the mode a plain ``open`` would give it: an existing file's own mode, else
+    0666 less the umask (``mkstemp`` alone would make every result private, 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        file_mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        file_mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

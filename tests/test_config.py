@@ -146,7 +146,7 @@ def test_settings_for_a_callback_the_group_lacks_are_left_out(caplog, tmp_path):
     assert "_target_" not in cfg.callbacks.fid  # the experiment tunes fid, minimal has none
     with caplog.at_level("WARNING"):
         callbacks = build_named(cfg.callbacks, "callbacks")
-    assert sorted(type(cb).__name__ for cb in callbacks) == ["BitsPerDim", "ModelCheckpoint", "ModelCheckpoint"]
+    assert sorted(type(cb).__name__ for cb in callbacks) == ["BitsPerDim", "LastCheckpoint", "ModelCheckpoint"]
     assert "callbacks.fid has settings but no _target_" in caplog.text
 
 

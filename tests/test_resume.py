@@ -1,35 +1,43 @@
 """Runs that lose nothing: automatic resume, preemption, atomic checkpoints, NaN stops."""
 
 import csv
-import errno
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
 import genlab.checkpoint
-from genlab.checkpoint import read_checkpoint
+from genlab.checkpoint import AtomicCheckpointIO, read_checkpoint
 from genlab.entry import entry_point
 from genlab.errors import CheckpointError, RunDirectoryInUse, TrainingDiverged
 from genlab.models.vae import VAE
+from genlab.resume import plan_start
 from genlab.train import train
+from genlab.utils import atomic_write_json
 
 from conftest import compose_cfg
 
 TRAIN_SECTIONS = ("dataset", "model", "sampler", "callbacks", "logger", "trainer")
-# Validation every epoch, EMA on, a last.ckpt every 7 steps (an epoch of digits is 23 steps).
+# A validation every 2 epochs (its checkpoints are written at the validation's end, as with the
+# default settings), EMA on, a last.ckpt every 7 steps (an epoch of digits is 23 steps), the test
+# after fit. Checkpoints: 7, 14, ..., 42, 46 (validation), 49, ..., 91, 92 (validation), 98, ...,
+# 112, 115 (end of training).
 RESUMABLE = ["dataset=digits", "model=vae", "seed=3", "logger=csv",
-             "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1",
+             "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=2", "trainer.log_every_n_steps=1",
              "callbacks.fid=null", "callbacks.samples=null", "callbacks.lr_monitor=null",
              "callbacks.bpd.max_examples=64", "callbacks.last_checkpoint.every_n_train_steps=7",
-             "test=false", "trainer.enable_progress_bar=false"]
+             "test=true", "trainer.enable_progress_bar=false"]
+CHECKPOINT_NAMES = re.compile(r"last\.ckpt|best-epoch\d{3}-step\d{6}\.ckpt")
 
 
 def cli(run_dir: Path, *extra: str) -> list[str]:
@@ -57,37 +65,125 @@ def whole(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.slow
-def test_kill_9_then_rerun_resumes_exactly(whole, tmp_path):
-    killed = tmp_path / "killed"
+def saved_step(run_dir: Path) -> int:
+    """The training step of the run's last.ckpt (-1 before the first); memory-mapped, cheap."""
+    try:
+        return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"]
+    except FileNotFoundError:
+        return -1
 
-    process = subprocess.Popen(cli(killed), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    time.sleep(0.05)  # a few more steps, logged but not checkpointed
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    status = json.loads((killed / "metrics.json").read_text())["status"] if (killed / "metrics.json").exists() else None
-    assert status != "completed", "the run finished before it could be killed"
-    killed_at = read_checkpoint(last)
-    assert killed_at["global_step"] < 5 * 23
 
-    rerun = subprocess.run(cli(killed), env=env(), capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming the run" in (killed / "train.log").read_text()
+def metrics_final(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "metrics.json"  # written from the first epoch's end on
+    return json.loads(path.read_text())["final"] if path.exists() else {}
 
-    expected, got = weights(whole), weights(killed)
+
+def checkpoint_files(run_dir: Path) -> list[str]:
+    folder = run_dir / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def assert_same_result(run_dir: Path, reference: Path) -> None:
+    """Final weights, metrics.json (final and best, test values included) and CSV history."""
+    expected, got = weights(reference), weights(run_dir)
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    final = lambda d: json.loads((d / "metrics.json").read_text())  # noqa: E731
-    assert final(killed)["status"] == "completed"
-    assert final(killed)["final"] == final(whole)["final"]
-    assert final(killed)["best"] == final(whole)["best"]
+    metrics = lambda d: json.loads((d / "metrics.json").read_text())  # noqa: E731
+    assert metrics(run_dir)["status"] == "completed"
+    assert metrics(run_dir)["final"] == metrics(reference)["final"]
+    assert metrics(run_dir)["best"] == metrics(reference)["best"]
     # Each step logged exactly once, with the same values as the uninterrupted run.
-    assert history(killed) == history(whole)
+    assert history(run_dir) == history(reference)
+
+
+class Watched:
+    """A real training process, watched through what it prints and writes, killed with SIGKILL
+    at the moment the test waits for."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.process = subprocess.Popen(cli(run_dir), env=env(), stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+
+    def printed(self, text: str) -> Callable[[], bool]:
+        return lambda: any(text in line for line in self.lines)
+
+    def kill_when(self, moment: Callable[[], bool], what: str) -> None:
+        deadline = time.time() + 300
+        while not moment():
+            assert self.process.poll() is None, f"the run ended before {what}:\n{''.join(self.lines)[-3000:]}"
+            assert time.time() < deadline, f"no {what} within 300 s"
+            time.sleep(0.001)
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.reader.join()
+
+
+@pytest.mark.slow
+def test_kill_9_at_many_moments_then_rerun_resumes_exactly(whole, tmp_path):
+    """The same command, killed with SIGKILL again and again at moments read from its output and
+    its run directory (after and during checkpoint saves, during validations, right after the
+    checkpoint written at a validation's end, before and during the test), then once more to the
+    end: the result equals the uninterrupted run's, and the checkpoint folder holds one
+    last.ckpt and no -vN copies at every moment."""
+    run = tmp_path / "killed"
+
+    def saving(watched: Watched) -> Callable[[], bool]:
+        # a temporary file of this process's own (a killed save's is removed as the run starts)
+        before = set((run / "checkpoints").glob(".*.tmp"))
+        return lambda: bool(set((run / "checkpoints").glob(".*.tmp")) - before)
+
+    moments: list[tuple[str, Callable[[Watched], Callable[[], bool]]]] = [
+        ("after the first step checkpoint", lambda w: lambda: saved_step(run) >= 7),
+        ("during a checkpoint save", saving),
+        ("mid-epoch after resuming", lambda w: lambda: saved_step(run) >= 28),
+        ("during a validation", lambda w: w.printed("bits/dim (vae) is an upper bound")),
+        ("right after the checkpoint of a validation's end", lambda w: lambda: saved_step(run) == 46),
+        ("during a checkpoint save after resuming from it", saving),
+        ("during the second validation", lambda w: w.printed("bits/dim (vae) is an upper bound")),
+        ("in the last epoch", lambda w: lambda: saved_step(run) >= 105),
+        ("right after the end-of-training checkpoint", lambda w: lambda: saved_step(run) == 115),
+        ("as the test starts", lambda w: w.printed("testing the best checkpoint")),
+        ("during the test", lambda w: w.printed("Loaded model weights from the checkpoint")),
+        ("after the test, before the run is marked completed", lambda w: lambda: "test/bpd" in metrics_final(run)),
+    ]
+    resumed_from = []
+    for what, moment in moments:
+        watched = Watched(run)
+        watched.kill_when(moment(watched), what)
+        resumed_from.append(re.findall(r"resuming the run in \S+ from \S+", "".join(watched.lines)))
+        metrics = run / "metrics.json"  # written from the first epoch's end on
+        assert not metrics.exists() or json.loads(metrics.read_text())["status"] != "completed", what
+        # one last.ckpt, no -vN copy, at most the killed save's temporary file besides
+        names = [n for n in checkpoint_files(run) if not (n.startswith(".") and n.endswith(".tmp"))]
+        assert all(CHECKPOINT_NAMES.fullmatch(n) for n in names) and "last.ckpt" in names, (what, names)
+
+    final = subprocess.run(cli(run), env=env(), capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_same_result(run, whole)
+    assert checkpoint_files(run) == checkpoint_files(whole)  # last.ckpt, one best-*, no temporary file
+    assert len(checkpoint_files(run)) == 2
+    assert all(resumed_from[1:]), resumed_from  # every attempt after the first resumed
+
+
+@pytest.mark.slow
+def test_resuming_from_the_checkpoint_of_a_validations_end_is_exact(whole, tmp_path):
+    """The checkpoint written at the end of a validation (last.ckpt with the default settings):
+    a resume from it used to end with other metrics (the next epoch's data loader had drawn from
+    the global generator before the saved state was put back)."""
+    run = tmp_path / "run"
+    watched = Watched(run)
+    watched.kill_when(lambda: saved_step(run) == 46, "the checkpoint of the first validation")
+    checkpoint = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 46 and "val/bpd" in checkpoint["genlab"]["metrics"]["final"]
+    rerun = subprocess.run(cli(run), env=env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming the run" in (run / "train.log").read_text()
+    assert_same_result(run, whole)
 
 
 @pytest.mark.slow
@@ -283,13 +379,125 @@ def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeyp
     assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
-    def disk_full(obj, file, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(genlab.checkpoint.torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match="out of disk space .* previous checkpoint there is kept"):
-        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "genlab": {}}, path)
-    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+SHORT_RUN = ["logger=none", "callbacks=minimal", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+             "trainer.check_val_every_n_epoch=1", "callbacks.bpd.max_examples=32",
+             "callbacks.last_checkpoint.every_n_train_steps=2", "test=false", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MiB file system (tmpfs): room for one checkpoint of the test VAE (2.1 MiB), not two."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_reported_as_such_and_the_previous_checkpoint_loads(small_disk, capsys):
+    run = small_disk / "run"
+    cfg = compose_cfg(overrides=SHORT_RUN, output_dir=run)
+    with pytest.raises(SystemExit) as stopped:
+        entry_point(train, TRAIN_SECTIONS)(cfg)
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("genlab: error: out of disk space while saving the checkpoint "), err
+    assert "previous checkpoint there is kept" in err[0] and "Traceback" not in err[0]
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 2  # the one that fitted
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_files_follow_the_umask(tmp_path):
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o027, 0o640)):
+        previous = os.umask(umask)
+        try:
+            atomic_write_json(tmp_path / f"metrics-{umask:o}.json", {"status": "running"})
+            AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / f"last-{umask:o}.ckpt")
+        finally:
+            os.umask(previous)
+        for name in (f"metrics-{umask:o}.json", f"last-{umask:o}.ckpt"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == mode, (name, oct(umask))
+    # rewriting a file keeps the mode its owner gave it, as writing it in place would
+    os.chmod(tmp_path / "metrics-22.json", 0o664)
+    atomic_write_json(tmp_path / "metrics-22.json", {"status": "completed"})
+    assert (tmp_path / "metrics-22.json").stat().st_mode & 0o777 == 0o664
+
+
+@pytest.fixture
+def interrupted_run(tmp_path) -> tuple[Path, object]:
+    """A short real run (made under umask 027), marked unfinished as if killed."""
+    cfg = compose_cfg(overrides=SHORT_RUN, output_dir=tmp_path)
+    previous = os.umask(0o027)
+    try:
+        train(cfg)
+    finally:
+        os.umask(previous)
+    for name in ("metrics.json", "config_resolved.yaml", "checkpoints/last.ckpt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    atomic_write_json(tmp_path / "metrics.json", {**metrics, "status": "running"})
+    return tmp_path, cfg
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_an_unreadable_last_checkpoint_gives_way_to_the_newest_readable_one(interrupted_run, damage, caplog):
+    run, cfg = interrupted_run
+    last = run / "checkpoints" / "last.ckpt"
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    best_bytes = best.read_bytes()
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2] if damage == "truncated" else b"")
+    damaged_bytes = last.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        plan = plan_start(run, cfg)
+    assert f"{last} cannot be used" in caplog.text and f"resuming from {best.name}" in caplog.text
+    # last.ckpt is now the newest readable state (the damaged file kept beside it); best-* untouched
+    assert plan.action == "resume" and plan.ckpt_path == str(last) and last.read_bytes() == best_bytes
+    assert (run / "checkpoints" / "last.ckpt.damaged").read_bytes() == damaged_bytes
+    if damage == "truncated":  # and the resumed run finishes from there
+        assert entry_point(train, TRAIN_SECTIONS)(cfg) is not None
+        assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+        assert read_checkpoint(last)["global_step"] == 6
+    assert best.read_bytes() == best_bytes
+
+
+def test_no_readable_checkpoint_stops_with_one_line_naming_the_file(interrupted_run, capsys):
+    run, cfg = interrupted_run
+    for path in (run / "checkpoints").glob("*.ckpt"):
+        path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(SystemExit):
+        entry_point(train, TRAIN_SECTIONS)(cfg)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"genlab: error: {run / 'checkpoints' / 'last.ckpt'} cannot be read"), err
+    assert "Restore last.ckpt from a copy, or move the damaged files" in err[0]
+
+
+def test_a_killed_save_leaves_a_temporary_file_that_the_next_start_removes(tmp_path):
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, torch\n"
+        "from genlab.utils import atomic_file\n"  # what AtomicCheckpointIO writes with
+        "with atomic_file(sys.argv[1], 'wb') as file:\n"
+        "    torch.save({'global_step': 3, 'w': torch.ones(3)}, file)\n"
+        "saving = atomic_file(sys.argv[1], 'wb')\n"
+        "file = saving.__enter__()\n"
+        "file.write(b'the start of the next checkpoint'); file.flush()\n"
+        "print('saving', flush=True); time.sleep(600)\n"), str(checkpoint)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "saving"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    (orphan,) = (tmp_path / "checkpoints").glob(".last.ckpt.*.tmp")
+    (tmp_path / "metrics.json").write_text('{"status": "running"}')
+
+    plan = plan_start(tmp_path, compose_cfg(overrides=["logger=none"], output_dir=tmp_path))
+    assert plan.action == "resume" and plan.ckpt_path == str(checkpoint)
+    assert not orphan.exists()
+    assert torch.equal(torch.load(checkpoint, weights_only=True)["w"], torch.ones(3))
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -117,6 +117,18 @@ class EMA(WeightAveraging):
         if self._average_model is not None:
             self._swap_models(pl_module)
 
+    # Lightning puts the average into the model at on_train_end, before the end-of-training
+    # checkpoint (genlab.callbacks.run.LastCheckpoint, also at on_train_end: checkpoint callbacks
+    # come last) is written, which would then hold the average twice and lose the raw weights.
+    # The model becomes the average once fit is over instead, also where a resumed run had
+    # nothing left to train.
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is not None:
+            self._copy_average_to_current(pl_module)
+
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
             self._swap_models(pl_module)

@@ -15,11 +15,12 @@ import random
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.errors import Interrupted, Preempted
@@ -29,13 +30,21 @@ log = logging.getLogger("genlab")
 
 
 class ResumeState(pl.Callback):
-    """Saves the random number generators' states with every checkpoint and puts them back
-    just before the first resumed training step, so a resumed CPU run draws the same numbers
-    as an uninterrupted one."""
+    """Saves the random number generators' states with every checkpoint and puts them back as
+    the checkpoint is loaded, so a resumed CPU run draws the same numbers as an uninterrupted one
+    from wherever the checkpoint was written (a training step, the end of a validation, the end
+    of training).
+
+    What runs between loading and the first resumed step draws nothing from the global
+    generators: Lightning isolates the sanity check's draws, and genlab's data loaders seed their
+    workers from their own generator. (Restoring later, at the first training batch, was exact
+    only for mid-epoch checkpoints: after a checkpoint written at the end of a validation, the
+    next epoch's loader had drawn from the generator before the restore overwrote it.)
+    """
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
-        self._pending: Optional[dict[str, Any]] = None
+        self._resumed_at = 0  # the step of the checkpoint this fit resumes from
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -47,22 +56,23 @@ class ResumeState(pl.Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The steps after the checkpoint (all of them, for a run started over) are logged again.
-        truncate_csv_history(self.output_dir, trainer.global_step)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._pending is None:
-            return
-        state, self._pending = self._pending, None
-        torch.set_rng_state(state["torch"])
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        random.setstate(state["python"])
-        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        random.setstate(state_dict["python"])
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:  # not the best checkpoint the test loads
+            self._resumed_at = checkpoint["global_step"]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # What was logged after the checkpoint (everything, for a run started over) is logged
+        # again; also the test values of a run killed after its test, whose fit has nothing
+        # left to train (Lightning then calls no on_train_start).
+        truncate_csv_history(self.output_dir, self._resumed_at)
 
 
 #: the cluster's warning before it requeues the job (SLURM's ``--signal``, submitit)

@@ -1,13 +1,16 @@
-"""What every run records: metrics.json (final and best values) and its config in checkpoints."""
+"""What every run records: metrics.json (final and best values), its config in checkpoints, and
+``last.ckpt``, its newest state."""
 
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 import genlab
@@ -99,3 +102,39 @@ class RunRecorder(pl.Callback):
         if metrics and trainer.state.fn == "fit":
             self.final.update(metrics["final"])
             self.best.update(metrics["best"])
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, the run's newest state: the one checkpoint named "last", and the one a
+    re-run resumes from.
+
+    Lightning's ModelCheckpoint writes it every ``every_n_train_steps`` steps. This adds a save
+    wherever the best checkpoint may be written (at the end of a validation, or at the end of
+    the training epoch when a validation runs after every epoch: Lightning's choice for every
+    ModelCheckpoint), after the ``checkpoint`` callback, so it holds the new best too; and one at
+    the end of training, so that ``last.ckpt`` of a finished run holds the final weights and a
+    run killed while testing resumes straight into its test. Each save replaces the file: no
+    ``last-vN.ckpt`` copies. The ``checkpoint`` callback (the best) writes no "last".
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: Optional[int] = None) -> None:
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
+                         every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_newest(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_newest(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_newest(trainer)
+
+    def _save_newest(self, trainer: pl.Trainer) -> None:
+        # also when this step was saved already (a step checkpoint before the validation): the
+        # state now holds more (the validation's results, the end of training)
+        if trainer.state.fn == TrainerFn.FITTING and not (trainer.sanity_checking or trainer.fast_dev_run) \
+                and trainer.global_step > 0:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

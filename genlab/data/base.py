@@ -263,12 +263,19 @@ class ImageDataModule(pl.LightningDataModule):
         # Stateful (a checkpoint records the position in the epoch) and shuffled by the seed and
         # epoch alone: a resumed run continues with the very batches it would have seen.
         dataset = self.split_dataset(split)
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        # The epoch the loader serves first. Not current_epoch: a run resumed from a checkpoint
+        # written at an epoch's end creates its loader (and the first iterator) before Lightning
+        # counts that epoch as completed, and would replay the finished epoch's order.
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
         return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
             sampler=EpochShuffle(dataset, self.seed, epoch) if shuffle else None,
             drop_last=False,
+            # the workers' seeds come from the loader's own generator: creating an iterator must
+            # not draw from the global one (a resumed run creates other iterators than an
+            # uninterrupted one, and its random numbers would shift: genlab.callbacks.resume)
+            generator=torch.Generator().manual_seed(torch.initial_seed()),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
