@@ -1,0 +1,45 @@
+"""Every shipped ``*_digits`` experiment does what it promises: trained at a small size, it reaches
+a stated FID and bits/dim, and its samples are digits to an independent classifier (the share of
+class-k samples called k for conditional models, the mean confidence otherwise).
+
+The harness and the floors are in ``bench/quality.py`` (shared with the benchmarks); each floor's
+measured value and the value of the defect it catches are in ``bench/quality.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.quality import CASES, IndependentClassifier, datamodule_of, failures, score_experiment
+
+DIGITS_EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*_digits.yaml"))
+
+
+@pytest.fixture(scope="module")
+def classifier() -> IndependentClassifier:
+    return IndependentClassifier(datamodule_of("vae_digits", []))
+
+
+def test_every_digits_experiment_has_a_floor():
+    assert sorted({case.experiment for case in CASES.values()}) == DIGITS_EXPERIMENTS
+
+
+def test_the_independent_classifier_knows_digits_from_noise(classifier):
+    # about what the issue's classifier had on real held-out digits (0.95)
+    assert classifier.held_out["n"] == 180
+    assert classifier.held_out["accuracy"] >= 0.95 and classifier.held_out["confidence"] >= 0.9
+    noise = torch.randint(0, 256, (200, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert classifier.probabilities(noise).max(1).mean() < 0.4
+    assert classifier.probabilities(torch.zeros(1, 1, 8, 8, dtype=torch.uint8)).max() < 0.4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_experiment_meets_its_quality_floor(name, classifier, tmp_path):
+    case = CASES[name]
+    scores = score_experiment(case.experiment, case.overrides, tmp_path / "run", classifier)
+    missed = failures(scores, case.floor)
+    assert not missed, f"{name}: {'; '.join(missed)} (scores {scores})"
