@@ -373,3 +373,32 @@ def test_weights_of_the_same_model_fit(vae):
     with pytest.raises(CheckpointError, match="do not fit"):
         other = compose_cfg(overrides=["model=vae", "logger=none", "model.channels=[16,32]"])
         stored.check_fits(instantiate(other.model, "model"), other.model)
+
+
+class _RunsCode:
+    """Unpickling this writes ``victim``: what a hostile "weights" file can do to a plain pickle load."""
+
+    def __init__(self, victim: Path) -> None:
+        self.victim = victim
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.victim)!r}, 'w').write('owned')",)
+
+
+def test_a_checkpoint_cannot_point_fid_at_a_pickle_that_runs_code(vae, tmp_path, capsys):
+    """genlab-eval takes callbacks.fid.weights_path from the checkpoint's run (conf/callbacks/eval.yaml)
+    and torch-fidelity loads that file with weights_only=False: the file is checked as data first."""
+    victim = tmp_path / "evil.pth"
+    payload = tmp_path / "inception.pth"
+    torch.save({"weights": _RunsCode(victim)}, payload)
+    torch.load(payload, weights_only=False)  # the payload is real: a plain load runs it
+    assert victim.read_text() == "owned"
+    victim.unlink()
+
+    config = copy.deepcopy(vae[0])
+    _put(config, "callbacks.fid", {"extractor": "inception", "weights_path": str(payload)})
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", config, vae[1])
+    cfg = compose_cfg("eval", overrides=[f"ckpt={ckpt}", "callbacks.fid.num_samples=8"], output_dir=tmp_path / "run")
+    refused(evaluate, cfg, capsys, f"callbacks.fid.weights_path={payload}", "not a plain file")
+    assert not victim.exists()
+    assert not {"metrics.json"} & {p.name for p in (tmp_path / "run").iterdir()}
