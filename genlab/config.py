@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from genlab.checks import check_optimizers, check_trainer
 from genlab.errors import ConfigError, GenlabError
+from genlab.lock import hydra_subdir
 from genlab.trust import check_targets
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def register_resolvers() -> None:
         "genlab.default_fid_extractor": _default_fid_extractor,
         "genlab.sweep_group": sweep_group,
         "genlab.optuna_direction": optuna_direction,
+        "genlab.hydra_subdir": hydra_subdir,
     }.items():
         if not OmegaConf.has_resolver(name):
             # cached: a requeued job (a new process) resolves the run directory it started with

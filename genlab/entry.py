@@ -220,8 +220,14 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             _exit_interrupted(err)
         except Exception as err:
             if in_multirun():
-                log.error("job failed, the sweep runs on: %s: %s (%s)", type(err).__name__, err, output_dir,
-                          exc_info=not isinstance(err, GenlabError))
+                if owned:
+                    log.error("job failed, the sweep runs on: %s: %s (%s)", type(err).__name__, err, output_dir,
+                              exc_info=not isinstance(err, GenlabError))
+                else:  # the log file in the directory of a run this job does not own stays as it was
+                    if not isinstance(err, GenlabError):
+                        traceback.print_exc()
+                    print(f"genlab: error: job refused, the sweep runs on: {one_line(err)} ({output_dir})",
+                          file=sys.stderr)
                 return None
             if not isinstance(err, GenlabError):
                 raise

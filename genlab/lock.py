@@ -137,9 +137,20 @@ class RunDirectoryGuard(Callback):
             from genlab.entry import report_error
 
             report_error(err)
-        if holds_run(run_dir) or (run_dir / ".hydra").is_dir():
+        if hydra_subdir(str(run_dir)) is None:
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None
+
+
+def hydra_subdir(output_dir: Optional[str]) -> Optional[str]:
+    """``hydra.output_subdir`` of a job (the resolver ``genlab.hydra_subdir``): ``.hydra``, or None
+    for a directory that already holds a run or its ``.hydra/``, which Hydra would otherwise rewrite
+    with this attempt's overrides before genlab can refuse them (a job of a sweep run again into
+    its sweep directory; a single run is guarded by ``RunDirectoryGuard`` as well)."""
+    if output_dir is None:  # composed outside a job: Hydra's default
+        return ".hydra"
+    path = Path(output_dir)
+    return None if holds_run(path) or (path / ".hydra").is_dir() else ".hydra"
 
 
 def cannot_create_run_directory(path: Path, strerror: str) -> str:

@@ -3,7 +3,8 @@
 A ``_target_`` anywhere in a config (nested, in a list, in Hydra's ``_args_``, with or without
 ``_partial_``) must name a *class* that is genlab's own model, net, sampler, datamodule or
 callback, or one of the library families genlab's configs use: torch optimizers and LR
-schedulers, torch.nn modules, Lightning callbacks and loggers, Hydra plugins. Anything else (a
+schedulers, torch.nn modules, Lightning callbacks and loggers, Hydra plugins, Optuna samplers
+(an hparams_search sweep). Anything else (a
 function such as ``pathlib.Path.write_text``, a class from another module) is refused with a
 message that names the key, the target and where it came from.
 
@@ -48,6 +49,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "pytorch_lightning.loggers": ("pytorch_lightning.loggers.Logger",),
     # launchers and sweepers a --config-dir may configure (hydra/launcher/*.yaml)
     "hydra_plugins": ("hydra.plugins.plugin.Plugin",),
+    # the Optuna sweeper's sampler (hydra.sweeper.sampler._target_, as its plugin's own configs set it)
+    "optuna.samplers": ("optuna.samplers.BaseSampler",),
 }
 
 #: genlab classes conf/ uses that derive from none of the bases above (checked by exact name)
@@ -59,7 +62,7 @@ EXTRA: frozenset[str] = frozenset({"genlab.models.diffusion.LinearWarmup"})
 TRUST_ENV = "GENLAB_TRUSTED_MODULES"
 
 _ALLOWED = ("genlab's own models, nets, samplers, datamodules and callbacks, torch optimizers and "
-            "LR schedulers, torch.nn modules, Lightning callbacks and loggers")
+            "LR schedulers, torch.nn modules, Lightning callbacks and loggers, Hydra plugins and Optuna samplers")
 
 
 def _families() -> dict[str, tuple[str, ...]]:

@@ -1,16 +1,19 @@
 """Every option of every config group composes and instantiates."""
 
 import functools
+import os
+import shlex
 import re
 
 import hydra
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from genlab.config import CONF_DIR, build_named, build_sampler, check_config, instantiate
 from genlab.errors import ConfigError
 
-from conftest import compose_cfg
+from conftest import REPO, compose_cfg
 
 
 def options(group: str) -> list[str]:
@@ -242,3 +245,28 @@ def test_a_mistyped_key_of_any_built_class_is_named(tmp_path):
         check_config(cfg, ("model",))
     with pytest.raises(ConfigError, match=r"sampler\.tempreature: not a setting of .*PriorSampler \(did you mean sampler\.temperature\?\).*`~sampler\.tempreature`"):
         check_config(cfg, ("sampler",))
+
+
+def _readme_commands() -> list[tuple[str, list[str]]]:
+    """(config name, overrides) of every genlab-train/eval/sample line in README.md's code blocks;
+    a sweep's comma lists are taken at their first value (compose builds one job)."""
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        line = re.sub(r"<[^>]*>", "RUN", line)  # placeholders: outputs/train/<run>/...
+        words = shlex.split(os.path.expandvars(line.split(" #")[0].strip())) if re.match(r"\s*genlab-(train|eval|sample)\b", line) else []
+        if not words:
+            continue
+        config = {"genlab-train": "train", "genlab-eval": "eval", "genlab-sample": "sample"}[words[0]]
+        overrides = [re.sub(r"^([^=\[]+)=([^,\[]+),.*$", r"\1=\2", w) for w in words[1:] if w != "-m"]
+        commands.append((config, overrides))
+    return commands
+
+
+def test_every_readme_command_composes():
+    """The commands README.md shows compose as written (a missing +, a renamed key or option fails)."""
+    commands = _readme_commands()
+    assert len(commands) > 20
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for config, overrides in commands:
+            compose(config, overrides=overrides)  # raises, naming the override, where one does not fit

@@ -102,3 +102,25 @@ def test_a_mistyped_rerun_leaves_every_file_of_a_finished_run_unchanged(tmp_path
     after = snapshot(run_dir)
     assert after.pop("train.log")[0] != before.pop("train.log")[0]  # it says so in the log, and that is all
     assert after == before
+
+
+@pytest.mark.slow
+def test_a_mistyped_rerun_of_a_sweep_leaves_every_file_of_its_finished_jobs_unchanged(tmp_path):
+    """Hydra writes a job's .hydra/ (its overrides, read by genlab-report) and opens its log before
+    genlab runs: a sweep run again into its directory with a mistake must not rewrite either."""
+    sweep_dir = tmp_path / "sweep"
+
+    def sweep(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "genlab.train", "-m", *TINY, "seed=3,4", *overrides,
+                               f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True, env=env(), timeout=600)
+
+    first = sweep()
+    assert first.returncode == 0, first.stderr[-3000:]
+    jobs = [sweep_dir / "0", sweep_dir / "1"]
+    before = [snapshot(job) for job in jobs]
+    assert all({".hydra/overrides.yaml", "train.log", "metrics.json"} <= set(state) for state in before)
+
+    mistyped = sweep("test=maybe")
+    assert [snapshot(job) for job in jobs] == before
+    assert mistyped.stderr.count("genlab: error: job refused") == 2, mistyped.stderr[-3000:]
+    assert "test='maybe' must be true or false" in mistyped.stderr

@@ -373,3 +373,54 @@ def test_weights_of_the_same_model_fit(vae):
     with pytest.raises(CheckpointError, match="do not fit"):
         other = compose_cfg(overrides=["model=vae", "logger=none", "model.channels=[16,32]"])
         stored.check_fits(instantiate(other.model, "model"), other.model)
+
+
+class _RunsCode:
+    """Unpickling this writes ``victim``: what a hostile "weights" file can do to a plain pickle load."""
+
+    def __init__(self, victim: Path) -> None:
+        self.victim = victim
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.victim)!r}, 'w').write('owned')",)
+
+
+def test_a_checkpoint_cannot_point_fid_at_a_pickle_that_runs_code(vae, tmp_path, capsys):
+    """genlab-eval takes callbacks.fid.weights_path from the checkpoint's run (conf/callbacks/eval.yaml)
+    and torch-fidelity loads that file with weights_only=False: the file is checked as data first."""
+    victim = tmp_path / "evil.pth"
+    payload = tmp_path / "inception.pth"
+    torch.save({"weights": _RunsCode(victim)}, payload)
+    torch.load(payload, weights_only=False)  # the payload is real: a plain load runs it
+    assert victim.read_text() == "owned"
+    victim.unlink()
+
+    config = copy.deepcopy(vae[0])
+    _put(config, "callbacks.fid", {"extractor": "inception", "weights_path": str(payload)})
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", config, vae[1])
+    cfg = compose_cfg("eval", overrides=[f"ckpt={ckpt}", "callbacks.fid.num_samples=8"], output_dir=tmp_path / "run")
+    refused(evaluate, cfg, capsys, f"callbacks.fid.weights_path={payload}", "not a plain file")
+    assert not victim.exists()
+    assert not {"metrics.json"} & {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_a_config_dir_search_with_its_own_optuna_sampler_is_not_refused(tmp_path):
+    """The Optuna sweeper builds its sampler from hydra.sweeper.sampler._target_ (its plugin's own
+    configs name optuna.samplers classes): a search of one's own in a --config-dir may do the same.
+    A function from optuna is still refused."""
+    search = {"defaults": [{"override /hydra/sweeper": "optuna"}],
+              "hydra": {"sweeper": {"n_trials": 2, "sampler": {"_target_": "optuna.samplers.TPESampler", "seed": 0},
+                                    "params": {"model.beta": "interval(0.5, 1.0)"}}}}
+    root = config_dir(tmp_path / "conf", {"hparams_search/mine.yaml": "# @package _global_\n" + yaml.safe_dump(search)})
+    argv = ["--config-dir", str(root), "-m", "hparams_search=mine"]
+    check_config_dirs(argv, Path(genlab.sample.__file__))
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{root}]", "hparams_search=mine"],
+                      return_hydra_config=True)
+    sampler = hydra.utils.instantiate(cfg.hydra.sweeper.sampler)  # what the sweeper builds
+    assert type(sampler).__name__ == "TPESampler"
+
+    search["hydra"]["sweeper"]["sampler"]["_target_"] = "optuna.delete_study"
+    root = config_dir(tmp_path / "conf2", {"hparams_search/mine.yaml": "# @package _global_\n" + yaml.safe_dump(search)})
+    with pytest.raises(UntrustedConfig, match="optuna.delete_study"):
+        check_config_dirs(["--config-dir", str(root), "-m", "hparams_search=mine"], Path(genlab.sample.__file__))

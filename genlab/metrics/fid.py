@@ -270,7 +270,7 @@ def inception_weights(weights_path: Optional[Union[str, os.PathLike]] = None) ->
                 f"callbacks.fid.weights_path={weights_path}: no such file ({path.resolve()}). "
                 f"Fix: {_FIX_OFFLINE}."
             )
-        return path
+        return _plain_weights(path, weights_path)
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(URL_INCEPTION_V3)
     if path.is_file():
         return path
@@ -289,6 +289,24 @@ def inception_weights(weights_path: Optional[Union[str, os.PathLike]] = None) ->
     finally:
         socket.setdefaulttimeout(previous_timeout)
     return path
+
+
+def _plain_weights(path: Path, weights_path: Union[str, os.PathLike]) -> Path:
+    """``path`` if it holds tensors only. torch-fidelity loads the file with ``weights_only=False``,
+    which unpickles anything (pickle can run code), and ``weights_path`` may come from a stored
+    config (genlab-eval takes it from the checkpoint's run): load it as data first."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds on a file it refuses
+        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    else:
+        if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return path
+        why = f"it holds a {type(state).__name__}, not a dict of tensors"
+    raise ConfigError(
+        f"callbacks.fid.weights_path={weights_path}: {path} is not a plain file of InceptionV3 weights "
+        f"({why}); genlab loads weights files as data only, never code. Fix: {_FIX_OFFLINE}."
+    )
 
 
 # --------------------------------------------------------------------------- extractors
