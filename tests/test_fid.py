@@ -361,3 +361,20 @@ def test_runs_that_differ_only_in_seed_share_one_classifier(tmp_path):
     other = dm.with_seed(0)
     other.setup()
     assert dm.seed == 3 and not torch.equal(dm.split_dataset("val")[0][0], other.split_dataset("val")[0][0])
+
+
+def test_the_reference_cache_follows_the_umask(tmp_path):
+    """Cached statistics are shared results: a teammate on the same project folder can read them."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "cache" / "ref.npz"
+        fid._save_reference(path, {"k": 1}, '{"k": 1}', {"mu": np.zeros(3)})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == 0o644
+    assert fid._load_reference(path, '{"k": 1}', False)["mu"].tolist() == [0.0, 0.0, 0.0]
+    assert not list(path.parent.glob(".*.tmp"))

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -45,11 +44,10 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metri
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
-from torch_fidelity.utils_torch import torch_atomic_save
 
 from genlab.errors import ConfigError, DataError
 from genlab.metrics.distributed import is_distributed, map_chunks, rank_and_world
-from genlab.utils import atomic_write_json, seeded
+from genlab.utils import atomic_file, atomic_write_json, seeded
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +220,8 @@ def train_classifier(datamodule: Any, path: Path, device: DeviceLike = "cpu") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     ckpt = {"arch": _classifier_arch(datamodule), "state_dict": state_dict, "val_accuracy": accuracy}
-    torch_atomic_save(ckpt, str(path))
+    with atomic_file(path, "wb") as file:
+        torch.save(ckpt, file)
     log.info(
         "trained the FID classifier for %s in %.1fs: val accuracy %.3f, saved to %s",
         datamodule.name, time.perf_counter() - start, accuracy, path,
@@ -473,14 +472,8 @@ def _load_reference(path: Path, key_json: str, keep_features: bool) -> Optional[
 
 
 def _save_reference(path: Path, key: dict, key_json: str, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key_json), **arrays)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # left only when writing failed
+    with atomic_file(path, "wb") as f:
+        np.savez(f, key=np.array(key_json), **arrays)
     atomic_write_json(path.with_suffix(".json"), key)  # for people browsing the cache
 
 
