@@ -126,8 +126,11 @@ def _mark_interrupted(output_dir: Path, err: Interrupted) -> None:
         data = json.loads(metrics.read_text())
     except (OSError, ValueError):  # interrupted before the run recorded anything
         data = {"final": {}, "best": {}}
-    atomic_write_json(metrics, {**data, "status": "interrupted", "signal": err.signal_name})
-    log.warning("%s", err)
+    if data.get("status") == "completed":  # the signal came while a finished run closed its loggers
+        log.warning("%s after the run had completed: it stays completed", err)
+    else:
+        atomic_write_json(metrics, {**data, "status": "interrupted", "signal": err.signal_name})
+        log.warning("%s", err)
     _close_wandb(128 + err.signum)
 
 

@@ -124,3 +124,20 @@ def test_a_mistyped_rerun_of_a_sweep_leaves_every_file_of_its_finished_jobs_unch
     assert [snapshot(job) for job in jobs] == before
     assert mistyped.stderr.count("genlab: error: job refused") == 2, mistyped.stderr[-3000:]
     assert "test='maybe' must be true or false" in mistyped.stderr
+
+
+@pytest.mark.parametrize("status, expected", [("running", "interrupted"), ("completed", "completed")])
+def test_a_signal_marks_a_running_run_interrupted_but_never_a_completed_one(tmp_path, status, expected):
+    """A SIGTERM that arrives while a finished run closes its loggers must not turn the result
+    into an interrupted run (a re-run would test it again and rewrite its metrics)."""
+    import json
+
+    from genlab.entry import _mark_interrupted
+    from genlab.errors import Interrupted
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": status, "final": {"val/bpd": 1.5}, "best": {}}))
+    _mark_interrupted(tmp_path, Interrupted(signal.SIGTERM))
+    recorded = json.loads((tmp_path / "metrics.json").read_text())
+    assert recorded["status"] == expected
+    assert recorded["final"] == {"val/bpd": 1.5}
+    assert ("signal" in recorded) == (expected == "interrupted")
