@@ -268,15 +268,20 @@ def test_a_second_process_on_a_run_directory_is_refused_and_the_first_finishes_u
     start = lambda: subprocess.Popen(cli(run_dir), env=env(), stdout=subprocess.DEVNULL,  # noqa: E731
                                      stderr=subprocess.PIPE, text=True)
     # Two started together: one takes the directory, the other is refused at once. A third comes
-    # while the first runs ("resuming" a live run).
+    # while the first runs ("resuming" a live run): the winner is held stopped (SIGSTOP) meanwhile,
+    # so that on a fast machine it cannot finish before the third process looks.
     together = [start(), start()]
     wait_for(run_dir / ".genlab.lock", together[0])
-    third = start()
     while all(p.poll() is None for p in together):
         time.sleep(0.01)
     loser, winner = together if together[0].poll() is not None else together[::-1]
-    third.wait(timeout=300)
-    assert winner.poll() is None, "the third process met a finished run, not a live one"
+    assert winner.poll() is None, "the winner finished before the loser was refused"
+    winner.send_signal(signal.SIGSTOP)
+    try:
+        third = start()
+        third.wait(timeout=300)
+    finally:
+        winner.send_signal(signal.SIGCONT)
     for refused in (loser, third):
         stderr = refused.communicate()[1]
         assert refused.returncode == 1 and stderr.count("genlab: error:") == 1, stderr[-3000:]
@@ -547,3 +552,20 @@ def test_submitit_jobs_checkpoint_on_the_warning_signal_requeue_and_finish(whole
         assert torch.equal(tensor, weights(jobs[0])[name]), name
     assert json.loads((jobs[0] / "metrics.json").read_text())["final"] == json.loads((whole / "metrics.json").read_text())["final"]
     assert history(jobs[0]) == history(whole)
+
+
+@pytest.mark.slow
+def test_a_step_checkpoint_at_the_last_batch_of_an_epoch_resumes_exactly(whole, tmp_path):
+    """A step checkpoint (or a signal) that falls on an epoch's last batch: one saved there, after
+    the step but before the epoch's end, did not resume exactly; it is written at the next step."""
+    run_dir = tmp_path / "run"
+    command = cli(run_dir, "callbacks.last_checkpoint.every_n_train_steps=23")  # an epoch is 23 steps
+    process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while saved_step(run_dir) < 23 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    assert saved_step(run_dir) == 24, "the save due at step 23 (an epoch's last batch) moves to step 24"
+    subprocess.run(command, env=env(), check=True, capture_output=True, timeout=600)
+    assert_same_as(run_dir, whole)

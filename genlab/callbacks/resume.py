@@ -150,7 +150,9 @@ class Preemption(pl.Callback):
         return int(requeue or halt)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not self._decided:
+        # at an epoch's last batch the checkpoint waits for the next step (or the end of
+        # training): one taken before the epoch's end does not resume exactly (LastCheckpoint)
+        if not self._decided and not trainer.is_last_batch:
             self._checkpoint_if_signalled(trainer)
 
     def _checkpoint_if_signalled(self, trainer: pl.Trainer) -> None:

@@ -115,11 +115,26 @@ class LastCheckpoint(ModelCheckpoint):
     the end of training, so that ``last.ckpt`` of a finished run holds the final weights and a
     run killed while testing resumes straight into its test. Each save replaces the file: no
     ``last-vN.ckpt`` copies. The ``checkpoint`` callback (the best) writes no "last".
+
+    A step save that falls on an epoch's last batch moves to the next step: a checkpoint taken
+    after that batch but before the epoch's end (its validation, its loader's end) does not
+    resume exactly, one taken inside an epoch does.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: Optional[int] = None) -> None:
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
                          every_n_train_steps=every_n_train_steps, enable_version_counter=False)
+        self._deferred = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        due = self._deferred or (self._every_n_train_steps >= 1
+                                 and trainer.global_step % self._every_n_train_steps == 0)
+        if not due:
+            return
+        self._deferred = trainer.is_last_batch
+        if not self._deferred:
+            self._save_newest(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._should_save_on_train_epoch_end(trainer):
