@@ -31,6 +31,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.checkpoint import StoredModel, read_checkpoint
 from genlab.errors import CheckpointError, RunDirectoryInUse, UntrustedConfig
+from genlab.lock import holds_run
 from genlab.trust import check_targets
 from genlab.utils import atomic_file, atomic_write_text, flatten
 
@@ -59,10 +60,8 @@ def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
     """Decide from the run directory's contents whether to start, resume or stop."""
     explicit = cfg.get("ckpt_path")
     metrics_file = output_dir / "metrics.json"
-    last = output_dir / "checkpoints" / "last.ckpt"
-    holds_run = metrics_file.is_file() or last.is_file()
     if explicit is not None:
-        if holds_run:
+        if holds_run(output_dir):
             raise RunDirectoryInUse(
                 f"ckpt_path={explicit} starts a new run from that checkpoint, but the run directory "
                 f"{output_dir} already holds a run. Leave hydra.run.dir to its default, or drop "
@@ -72,7 +71,7 @@ def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
         stored = StoredModel.of(read_checkpoint(explicit, key="ckpt_path"), f"ckpt_path={explicit}")
         stored.check_target(cfg.model)
         return StartPlan("new", ckpt_path=str(explicit), stored=stored)
-    if not holds_run:
+    if not holds_run(output_dir):
         remove_temporary_files(output_dir)  # an attempt killed before its first checkpoint
         return StartPlan("new")
 

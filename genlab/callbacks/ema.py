@@ -21,13 +21,13 @@ from pytorch_lightning.callbacks import WeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from genlab.checks import require_fraction, require_positive
+
 
 def averaged_prefix(pl_module: pl.LightningModule) -> str:
     """The state_dict prefix of the averaged sub-module ("" for the whole model)."""
     name = getattr(pl_module, "averaged_module", "")
     return f"{name}." if name else ""
-
-from genlab.checks import require_fraction, require_positive
 
 
 class EMA(WeightAveraging):
