@@ -31,6 +31,10 @@ class TrainingDiverged(GenlabError):
     """A loss became NaN or inf; the run stops at that step and keeps its last good checkpoint."""
 
 
+class ObjectiveNotMeasured(GenlabError):
+    """A sweep job trained but never measured the objective the sweep compares: not a success."""
+
+
 class Preempted(GenlabError):
     """The cluster warned that the job will be stopped; the run checkpointed and stopped."""
 

@@ -12,13 +12,15 @@ from typing import Iterator, Optional
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from genlab.callbacks.run import ValidateAtEnd
+from genlab.checkpoint import StoredModel, read_checkpoint
 from genlab.cli import run_cli
 from genlab.config import build_sampler, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main, in_multirun
-from genlab.errors import ConfigError
+from genlab.errors import ConfigError, ObjectiveNotMeasured
 from genlab.lock import claim
 from genlab.resume import plan_start, reuse_logger_ids
 
@@ -67,6 +69,16 @@ def check_objective(cfg: DictConfig, model: pl.LightningModule, callbacks: list[
         )
 
 
+def init_from_weights(model: pl.LightningModule, cfg: DictConfig) -> None:
+    """``init_from=PATH``: start from the weights of a genlab checkpoint (fine-tuning), read the
+    safe way (``genlab.checkpoint``), with this run's own optimizer, schedule, step 0 and metrics.
+    Weights that do not fit the model this run builds are refused, naming both."""
+    checkpoint = read_checkpoint(cfg.init_from, key="init_from")
+    StoredModel.of(checkpoint, f"init_from={cfg.init_from}").check_fits(model, cfg.model)
+    model.load_state_dict(checkpoint["state_dict"])
+    log.info("starting from the weights of %s (init_from)", cfg.init_from)
+
+
 def train(cfg: DictConfig) -> Optional[float]:
     """Build everything (each piece checked before any training), fit, test, report.
 
@@ -91,10 +103,15 @@ def train(cfg: DictConfig) -> Optional[float]:
     if plan.stored is not None:  # ckpt_path=: weights of another size are refused before fit
         plan.stored.check_fits(model, cfg.model)
     model.check_trainer(cfg.trainer)
+    if cfg.get("init_from") and plan.action == "new":  # a resumed run has its own weights
+        init_from_weights(model, cfg)
     model.sampler = build_sampler(cfg.get("sampler"), model)
     callbacks = build_callbacks(cfg, datamodule)
     check_objective(cfg, model, callbacks)
-    trainer, recorder = build_trainer(cfg, callbacks, output_dir)
+    trainer, recorder = build_trainer(cfg, [*callbacks, ValidateAtEnd(cfg.objective)], output_dir)
+    # ckpt_path= starts a new run from another run's state: that run's metric history stays there
+    recorder.carry_history = plan.action == "resume"
+    log.info("config of this run (config_resolved.yaml):\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
     if plan.action == "resume":
         log.info("resuming the run in %s from %s", output_dir, plan.ckpt_path)
@@ -110,11 +127,16 @@ def train(cfg: DictConfig) -> Optional[float]:
 
     objective = recorder.best.get(cfg.objective)
     if objective is None:
-        # The run is complete, but the metric a sweeper optimises was never measured (e.g. no
-        # validation ran): NaN here; in a sweep entry_point turns it into a failed trial.
-        log.warning(
-            "objective=%s was never logged (did a validation run? trainer.check_val_every_n_epoch=%s); "
-            "logged metrics: %s", cfg.objective, cfg.trainer.get("check_val_every_n_epoch"), sorted(recorder.final))
+        # Trained, but the metric a sweeper optimises was never measured (validation switched
+        # off, or the run stopped by max_time): said in metrics.json; a sweep job fails with it.
+        why = (f"objective={cfg.objective} was never measured (validation off or never reached: "
+               f"trainer.limit_val_batches={cfg.trainer.get('limit_val_batches')}, "
+               f"trainer.check_val_every_n_epoch={cfg.trainer.get('check_val_every_n_epoch')}); "
+               f"logged metrics: {', '.join(sorted(recorder.final)) or 'none'}")
+        recorder.finish("completed", objective="not measured")
+        if in_multirun():
+            raise ObjectiveNotMeasured(why)
+        log.warning("%s", why)
         return float("nan")
     log.info("objective %s = %.6g (best); run directory %s", cfg.objective, objective, output_dir)
     return objective

@@ -255,7 +255,8 @@ def test_trainer_settings_manual_optimization_cannot_honour_are_refused_before_t
 
 
 def test_an_objective_the_gan_cannot_measure_is_refused(tmp_path):
-    cfg = compose_cfg(overrides=["model=dcgan", "logger=none"], output_dir=tmp_path)  # objective: val/bpd
+    assert compose_cfg(overrides=["model=dcgan"]).objective == "val/fid_classifier"  # follows the family
+    cfg = compose_cfg(overrides=["model=dcgan", "objective=val/bpd", "logger=none"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"objective=val/bpd is not measured.*val/fid_classifier"):
         train(cfg)
     cfg = compose_cfg(overrides=["experiment=dcgan_digits", "callbacks.fid=null", "logger=none"], output_dir=tmp_path)

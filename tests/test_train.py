@@ -255,12 +255,25 @@ def test_uniform_model_is_exactly_8_bits_per_dim_through_the_callback():
     assert trainer.callback_metrics["val/bpd"].item() == pytest.approx(8.0, abs=1e-6)
 
 
-def test_resuming_from_a_checkpoint_carries_the_metric_history_on(digits_run, tmp_path):
+def test_a_new_run_from_a_checkpoint_keeps_its_own_metrics(digits_run, tmp_path):
+    """ckpt_path= (the whole training state) and init_from= (the weights only) start a new run:
+    the source run's best values stay in the source run's metrics.json."""
     out, _ = digits_run
+    source = out / "checkpoints" / "last.ckpt"
     before = json.loads((out / "metrics.json").read_text())
-    cfg = compose_cfg(overrides=[*FAST, "trainer.max_epochs=4", "logger=none", "callbacks.fid=null",
-                                 f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], output_dir=tmp_path)
+    cfg = compose_cfg(overrides=[*FAST, "trainer.max_epochs=4", "logger=none", "callbacks.fid=null", "test=false",
+                                 f"ckpt_path={source}"], output_dir=tmp_path / "continued")
     train(cfg)
-    after = json.loads((tmp_path / "metrics.json").read_text())
-    assert after["best"]["val/bpd"] <= before["best"]["val/bpd"]
-    assert after["best"]["val/fid_classifier"] == before["best"]["val/fid_classifier"]  # from before resuming
+    after = json.loads((tmp_path / "continued" / "metrics.json").read_text())
+    assert "val/fid_classifier" not in after["best"]  # measured by the source run only
+    assert after["best"]["val/bpd"] == after["final"]["val/bpd"]  # one validation: epoch 4's
+    assert read_checkpoint(tmp_path / "continued" / "checkpoints" / "last.ckpt")["epoch"] == 4  # went on from 3
+
+    cfg = compose_cfg(overrides=[*FAST, "trainer.max_epochs=1", "logger=none", "callbacks.fid=null", "test=false",
+                                 f"init_from={source}"], output_dir=tmp_path / "tuned")
+    train(cfg)
+    tuned = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    ckpt = read_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.ckpt")
+    assert ckpt["epoch"] == 1 and "val/fid_classifier" not in tuned["best"]  # step 0, its own history
+    # the trained weights were the start: one more epoch stays near the source, far below untrained (~6.5)
+    assert tuned["final"]["val/bpd"] < before["final"]["val/bpd"] + 0.2

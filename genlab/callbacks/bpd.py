@@ -52,7 +52,7 @@ class BitsPerDim(pl.Callback):
             total = map_chunks(n, self.chunk_size, self.seed, bits)
         pl_module.train(was_training)
         bpd = (total.sum() / (n * pl_module.num_dims)).item()
-        pl_module.log(f"{split}/bpd", bpd, sync_dist=False, rank_zero_only=False)
+        pl_module.log(f"{split}/bpd", bpd, prog_bar=True, sync_dist=False, rank_zero_only=False)
         if not self._said:
             kind = "exact" if pl_module.likelihood == "exact" else "an upper bound"
             log.info("bits/dim (%s) is %s, over %d %s examples", pl_module.family, kind, n, split)

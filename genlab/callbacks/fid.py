@@ -117,7 +117,7 @@ class FIDCallback(pl.Callback):
         values = self.compute(pl_module, self._sampler(pl_module), self._datamodule(trainer), split)
         for name, value in values.items():
             # every rank holds the same value (all features are gathered), so no sync is needed
-            pl_module.log(name, value, rank_zero_only=False, sync_dist=False)
+            pl_module.log(name, value, prog_bar=True, rank_zero_only=False, sync_dist=False)
 
     def compute(self, model: Any, sampler: Any, datamodule: Any, split: str) -> dict[str, float]:
         """Sample ``num_samples`` images and measure them against ``split``; returns e.g.

@@ -41,6 +41,8 @@ class RunRecorder(pl.Callback):
         self.status_details: dict[str, Any] = {}
         #: metrics that do not exist for this model, with the reason (e.g. bits/dim for a GAN)
         self.not_applicable: dict[str, str] = {}
+        #: a resumed run carries the history of its checkpoint on; a new run (ckpt_path=) does not
+        self.carry_history = True
 
     def _collect(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking:
@@ -99,7 +101,7 @@ class RunRecorder(pl.Callback):
     ) -> None:
         # Resuming a fit carries the history on; testing a checkpoint must not roll it back.
         metrics = checkpoint.get("genlab", {}).get("metrics")
-        if metrics and trainer.state.fn == "fit":
+        if metrics and trainer.state.fn == "fit" and self.carry_history:
             self.final.update(metrics["final"])
             self.best.update(metrics["best"])
 
@@ -153,3 +155,35 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.state.fn == TrainerFn.FITTING and not (trainer.sanity_checking or trainer.fast_dev_run) \
                 and trainer.global_step > 0:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class ValidateAtEnd(pl.Callback):
+    """A run about to end without ever measuring its objective validates once at its last step.
+
+    Lightning validates after every ``check_val_every_n_epoch``-th epoch only: a short run
+    (``trainer.max_steps=60`` with the default of every 10 epochs) would end with no objective,
+    no best checkpoint and no samples. At the last step (``max_steps`` reached, or the last batch
+    of the last epoch) this asks Lightning for the validation it runs when a run is stopped
+    early. ``trainer.limit_val_batches=0`` (validation off) is left alone.
+    """
+
+    def __init__(self, objective: str) -> None:
+        self.objective = objective
+
+    def _measured(self, trainer: pl.Trainer) -> bool:
+        if self.objective in trainer.callback_metrics:
+            return True
+        # a resumed run: its best checkpoint callback restored the best value (same run directory only)
+        return any(isinstance(cb, ModelCheckpoint) and cb.monitor == self.objective and cb.best_model_score is not None
+                   for cb in trainer.callbacks)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not trainer.enable_validation or self._measured(trainer):
+            return
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        last_step = trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps
+        last_epoch = trainer.is_last_batch and max_epochs != -1 and trainer.current_epoch + 1 >= max_epochs
+        if last_step or last_epoch:
+            trainer.check_val_every_n_epoch = 1  # this epoch validates ...
+            trainer.should_stop = True  # ... at this batch (Lightning: a stopped run validates)

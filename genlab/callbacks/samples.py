@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,12 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, min_size: int = 32
     if x.shape[-1] < min_size:
         x = F.interpolate(x, scale_factor=math.ceil(min_size / x.shape[-1]), mode="nearest")
     return make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=2, pad_value=1.0)
+
+
+def grid_pixels(grid: torch.Tensor) -> np.ndarray:
+    """A float grid in [0, 1] as the uint8 [H, W, C] array its PNG holds (torchvision's rounding).
+    W&B casts a float array to uint8 without scaling (an image of 0s and 1s): it gets this."""
+    return grid.mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to("cpu", torch.uint8).numpy()
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
@@ -52,6 +59,6 @@ class SampleGrid(pl.Callback):
         grid = image_grid(images)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image("samples", [grid], step=trainer.global_step)
+                logger.log_image("samples", [grid_pixels(grid)], step=trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, trainer.global_step)
