@@ -1,4 +1,5 @@
-"""genlab-eval ckpt=PATH: FID and bits/dim of a checkpoint, written to metrics.json."""
+"""genlab-eval ckpt=PATH: FID and bits/dim of a checkpoint, written to metrics.json; with
+``ood=[...]``, likelihood-based out-of-distribution detection instead (``genlab.ood``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.callbacks.run import RunRecorder
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
 from genlab.cli import run_cli
 from genlab.config import build_sampler, check_config, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main
 from genlab.errors import ConfigError
+from genlab.models.base import GenerativeModel
+from genlab.utils import atomic_write_text
 
 log = logging.getLogger("genlab")
 
@@ -29,6 +35,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.check()
     model = load_model(checkpoint, cfg.model, f"ckpt={cfg.ckpt}")
     model.sampler = build_sampler(cfg.sampler, model)
+    if cfg.get("ood"):
+        return detect_ood(cfg, model, datamodule, output_dir)
     trainer, recorder = build_trainer(cfg, build_callbacks(cfg, datamodule), output_dir)
 
     run = trainer.test if cfg.split == "test" else trainer.validate
@@ -36,6 +44,32 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     recorder.finish("completed")
     finish_loggers(trainer)
     log.info("metrics of %s: %s (in %s)", cfg.ckpt, recorder.final, output_dir / "metrics.json")
+    return recorder.final
+
+
+def detect_ood(cfg: DictConfig, model: GenerativeModel, datamodule: Any, output_dir: Path) -> dict[str, float]:
+    """genlab-eval ckpt=... ood=[...]: OOD scores and their detection metrics into metrics.json,
+    histograms as ood_<score>.png."""
+    from genlab.ood import check_settings, detect, ood_names
+
+    ood_names(cfg.ood)  # refused before any work
+    check_settings(cfg)
+    background = None
+    if cfg.get("ood_background"):
+        stored = read_checkpoint(cfg.ood_background, key="ood_background")
+        background = load_model(stored, OmegaConf.create(stored["genlab"].get("config", {}).get("model") or {}),
+                                f"ood_background={cfg.ood_background}").to(model.device)
+        if background.likelihood is None or background.image_shape != model.image_shape:
+            raise ConfigError(
+                f"ood_background={cfg.ood_background}: a background model needs a likelihood and the data shape "
+                f"of ckpt= ({list(model.image_shape)}); it is a {background.family} model of "
+                f"{list(background.image_shape)}")
+    container = OmegaConf.to_container(cfg, resolve=True)
+    recorder = RunRecorder(output_dir, container)
+    atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
+    recorder.final.update(detect(cfg, model, datamodule, background, output_dir))
+    recorder.finish("completed")
+    log.info("OOD metrics of %s in %s (histograms: ood_*.png)", cfg.ckpt, output_dir / "metrics.json")
     return recorder.final
 
 

@@ -18,9 +18,9 @@ from test_sweeps import sweep_cli
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """A run of 5 steps with the default schedule (validation every 10 epochs: never reached)."""
+    """A run of 40 steps (2 epochs) with the default schedule (validation every 10 epochs: never reached)."""
     out = tmp_path_factory.mktemp("short")
-    cfg = compose_cfg(overrides=["trainer.max_steps=5", "logger=wandb", "callbacks.fid.num_samples=100",
+    cfg = compose_cfg(overrides=["trainer.max_steps=40", "logger=wandb", "callbacks.fid.num_samples=100",
                                  "callbacks.bpd.max_examples=50", "model.iw_samples=2", "callbacks.samples.n=16",
                                  "test=false"], output_dir=out)
     return out, train(cfg)
@@ -31,7 +31,7 @@ def test_a_short_run_validates_once_at_its_end(short_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed" and "objective" not in metrics  # measured
     assert math.isfinite(objective) and objective == metrics["best"]["val/bpd"]
-    assert [p.name for p in (out / "checkpoints").glob("best-*.ckpt")] == ["best-epoch000-step000005.ckpt"]
+    assert [p.name for p in (out / "checkpoints").glob("best-*.ckpt")] == ["best-epoch001-step000040.ckpt"]
     assert len(list((out / "samples").glob("*.png"))) == 1
 
 
@@ -82,3 +82,104 @@ def test_the_objective_follows_the_family():
     for model in ("vae", "glow", "pixelcnn"):
         assert compose_cfg(overrides=[f"model={model}"]).objective == "val/bpd"
     assert compose_cfg(overrides=["model=dcgan", "objective=val/is_x"]).objective == "val/is_x"  # command line wins
+
+
+# ----- every genlab-eval / genlab-sample command of the README, run as written on a tiny checkpoint ---------
+
+#: the checkpoint each README command is meant for (the section it is in), as train overrides of
+#: a tiny model; "trained" is the short run above. Tiny sizes replace the README's large ones.
+DDPM = "model=ddpm model.timesteps=100 model.channels=8 model.channel_mult=[1] model.attention_resolutions=[]"
+README_RUNS = {
+    "genlab-eval ckpt=outputs/train/<run>/checkpoints/last.ckpt": "trained",
+    "genlab-eval ckpt=... split=val callbacks.fid.num_samples=5000 hardware=ddp_cpu": "trained",
+    "genlab-sample ckpt=... n=64 +sampler.temperature=0.8": "trained",
+    "genlab-sample ckpt=... n=20 classes=[3,7]": "model=cvae",
+    "genlab-sample ckpt=... n=64 sampler=ddpm": DDPM,
+    "genlab-sample ckpt=... n=64 +sampler.steps=100 +sampler.eta=1.0":
+        DDPM,
+    "genlab-sample ckpt=PATH n=64 classes=[3,7] +sampler.temperature=0.8": "experiment=autoregressive_digits",
+    "genlab-sample ckpt=... n=64 +sampler.temperature=0.7": "model=glow",
+    "genlab-sample ckpt=... interpolate=8 interpolate_steps=10": "model=glow",
+    "genlab-sample ckpt=.../last.ckpt n=64 +sampler.psi=0.7": "model=dcgan",
+}
+#: what a test machine runs instead (DDP on CPU is tested by test_ddp; FID on 5,000 samples by nothing)
+TINY = {"callbacks.fid.num_samples=5000": "callbacks.fid.num_samples=100", "hardware=ddp_cpu": "hardware=cpu"}
+
+
+def _readme_checkpoint_commands() -> list[str]:
+    from conftest import REPO
+
+    lines = [line.split(" #")[0].strip() for line in (REPO / "README.md").read_text().splitlines()]
+    return [line for line in lines if line.startswith(("genlab-eval ", "genlab-sample "))]
+
+
+def _untrained_checkpoint(path, overrides: str):
+    """A checkpoint as genlab-train writes it (weights + the run's resolved config), of a model
+    built from ``overrides`` and not trained: what the commands need is its format."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from genlab.config import instantiate
+
+    cfg = compose_cfg(overrides=overrides.split(), output_dir=path.parent)
+    model = instantiate(cfg.model, "model")
+    torch.save({"state_dict": model.state_dict(),
+                "genlab": {"config": OmegaConf.to_container(cfg, resolve=True), "family": model.family}}, path)
+    return path
+
+
+def test_the_readme_lists_exactly_the_checkpoint_commands_this_test_runs():
+    assert _readme_checkpoint_commands() == list(README_RUNS)
+
+
+@pytest.mark.slow
+def test_every_readme_eval_and_sample_command_runs_as_written(short_run, tmp_path):
+    import shlex
+
+    from genlab.evaluate import evaluate
+    from genlab.sample import sample
+
+    trained = next((short_run[0] / "checkpoints").glob("best-*.ckpt"))
+    checkpoints = {}
+    for i, (line, source) in enumerate(README_RUNS.items()):
+        if source not in checkpoints:
+            checkpoints[source] = trained if source == "trained" else \
+                _untrained_checkpoint(tmp_path / f"ckpt{len(checkpoints)}.ckpt", source)
+        words = shlex.split(line)
+        overrides = [f"ckpt={checkpoints[source]}" if w.startswith("ckpt=") else TINY.get(w, w) for w in words[1:]]
+        out = tmp_path / f"out{i}"
+        if words[0] == "genlab-eval":
+            metrics = evaluate(compose_cfg("eval", overrides=overrides, output_dir=out))
+            split = "val" if "split=val" in line else "test"
+            assert math.isfinite(metrics[f"{split}/bpd"]) and math.isfinite(metrics[f"{split}/fid_classifier"]), line
+        else:
+            sample(compose_cfg("sample", overrides=overrides, output_dir=out))
+            name = "interpolation" if "interpolate=" in line else "samples"
+            images = np.load(out / f"{name}.npz")["images"]
+            n = 8 * 10 if name == "interpolation" else int(next(w for w in words if w.startswith("n=")).split("=")[1])
+            assert images.shape[0] == n and images.dtype == np.uint8, line
+            if "classes=[3,7]" in line:
+                assert list(np.load(out / "samples.npz")["labels"][:4]) == [3, 7, 3, 7]
+
+
+# ----- OOD detection with a trained model ----------------------------------------------------------------
+
+
+def test_a_trained_digits_model_tells_noise_and_inverted_digits_from_digits(short_run, tmp_path):
+    """40 steps of training (2 epochs) already separate uniform noise (AUROC 1) and inverted digits (AUROC
+    >= 0.99) from the held-out digits by bits/dim and by typicality; the run's own checkpoint as
+    the background makes the likelihood ratio ~0 for every set (AUROC near 0.5)."""
+    from genlab.evaluate import evaluate
+
+    ckpt = next((short_run[0] / "checkpoints").glob("best-*.ckpt"))
+    cfg = compose_cfg("eval", overrides=[f"ckpt={ckpt}", "ood=[noise,inverted,digits]", f"ood_background={ckpt}",
+                                         "ood_max_examples=150"], output_dir=tmp_path)
+    metrics = evaluate(cfg)
+    assert metrics == json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert metrics["ood/noise/bpd_auroc"] == 1.0 and metrics["ood/noise/typicality_auroc"] == 1.0
+    assert metrics["ood/inverted/bpd_auroc"] >= 0.99 and metrics["ood/inverted/bpd_fpr95"] <= 0.05
+    assert metrics["ood/noise/bpd"] > metrics["ood/test/bpd"] + 2
+    assert abs(metrics["ood/digits/bpd_auroc"] - 0.5) < 0.1  # the digits themselves (all splits): no separation
+    assert abs(metrics["ood/noise/llr_auroc"] - 0.5) < 0.25  # same model: only the IWAE noise differs
+    for score in ("bpd", "typicality", "llr"):
+        assert Image.open(tmp_path / f"ood_{score}.png").size[0] > 300

@@ -1,0 +1,50 @@
+"""Likelihood-based OOD detection (genlab.ood): the detection metrics, the typicality statistic,
+the OOD sets and their refusals. A trained model's scores: tests/test_ux.py."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.errors import ConfigError
+from genlab.ood import detection_metrics, ood_names, typicality
+
+
+def test_a_perfect_separator_scores_auroc_1_and_no_false_positives():
+    metrics = detection_metrics(np.array([0.1, 0.5, 0.9]), np.array([1.0, 2.0]))
+    assert metrics == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+    reversed_ = detection_metrics(np.array([1.0, 2.0]), np.array([0.1, 0.5, 0.9]))  # OOD scored lower
+    assert reversed_["auroc"] == 0.0 and reversed_["fpr95"] == 1.0
+
+
+def test_auroc_is_the_share_of_ood_in_pairs_ranked_above():
+    # pairs (in, out) with out > in: 1.5 beats 0 and 1; 3 beats 0, 1 and 2: 5 of 6
+    assert detection_metrics(np.array([0.0, 1.0, 2.0]), np.array([1.5, 3.0]))["auroc"] == pytest.approx(5 / 6)
+
+
+def test_identical_distributions_give_auroc_near_one_half():
+    rng = np.random.default_rng(0)
+    n = 2000
+    auroc = detection_metrics(rng.normal(size=n), rng.normal(size=n))["auroc"]
+    # under the null the AUROC (Mann-Whitney U / n^2) has sd sqrt((2n + 1) / (12 n^2)) = 0.0091: 4 sd
+    assert abs(auroc - 0.5) < 4 * math.sqrt((2 * n + 1) / (12 * n * n))
+
+
+def test_typicality_statistic_by_hand():
+    bpd = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert typicality(bpd, 2.5).tolist() == [1.5, 0.5, 0.5, 1.5, 2.5]  # M = 1: |x - H|
+    # M = 2: batch means 1.5 and 3.5 (the fifth example makes no whole batch): |1.5 - 2.5|, |3.5 - 2.5|
+    assert typicality(bpd, 2.5, m=2).tolist() == [1.0, 1.0]
+    # a set more likely than the data but atypical is flagged by typicality, not by bits/dim
+    in_dist, too_likely = np.array([4.9, 5.0, 5.1, 5.0]), np.array([2.0, 2.1, 1.9, 2.0])
+    assert detection_metrics(in_dist, too_likely)["auroc"] == 0.0
+    assert detection_metrics(typicality(in_dist, 5.0), typicality(too_likely, 5.0))["auroc"] == 1.0
+
+
+def test_ood_sets_are_named_or_refused_in_one_line():
+    assert ood_names("noise") == ["noise"]
+    assert ood_names("noise,inverted") == ["noise", "inverted"]
+    assert ood_names(["digits", "image_folder:/data/cifar/test"]) == ["digits", "image_folder:/data/cifar/test"]
+    with pytest.raises(ConfigError, match=r"'nosie' is not an OOD set.*inverted, noise.*image_folder"):
+        ood_names(["nosie"])
