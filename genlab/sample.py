@@ -16,6 +16,7 @@ from genlab.cli import run_cli
 from genlab.config import build_sampler, check_config, compatible_samplers, instantiate
 from genlab.entry import entry_point, hydra_main
 from genlab.errors import ConfigError
+from genlab.latents import write_direction, write_manifold
 from genlab.models.base import GenerativeModel
 from genlab.utils import seeded
 
@@ -31,6 +32,15 @@ def check_arguments(cfg: DictConfig) -> None:
                           "(or null: a square grid)")
     if cfg.get("interpolate") and (not is_int(cfg.interpolate_steps) or cfg.interpolate_steps < 2):
         raise ConfigError(f"interpolate_steps={cfg.interpolate_steps!r} must be an integer >= 2 (the two end points)")
+    if cfg.get("direction") is not None and (not is_int(cfg.direction_rows) or cfg.direction_rows < 1):
+        raise ConfigError(f"direction_rows={cfg.direction_rows!r} must be an integer >= 1 (examples moved)")
+    if cfg.get("direction") is not None and (not is_int(cfg.interpolate_steps) or cfg.interpolate_steps < 2):
+        raise ConfigError(f"interpolate_steps={cfg.interpolate_steps!r} must be an integer >= 2 (the steps along the direction)")
+    if cfg.get("direction") is not None and (isinstance(cfg.direction_scale, bool)
+                                             or not isinstance(cfg.direction_scale, (int, float))):
+        raise ConfigError(f"direction_scale={cfg.direction_scale!r} must be a number (1 = all the way to the other class)")
+    if not is_int(cfg.get("manifold", 0)) or cfg.get("manifold", 0) < 0 or cfg.get("manifold") == 1:
+        raise ConfigError(f"manifold={cfg.manifold!r} must be an integer >= 2 (the grid's side), or 0 for none")
     if cfg.classes is None:
         return
     classes = OmegaConf.to_container(cfg.classes) if OmegaConf.is_list(cfg.classes) else cfg.classes
@@ -63,6 +73,13 @@ def sample(cfg: DictConfig) -> Path:
     if cfg.trainer.accelerator in ("gpu", "auto") and torch.cuda.is_available():
         model = model.cuda()
     sampler = build_sampler(cfg.sampler, model)
+    if cfg.get("manifold"):
+        return write_manifold(cfg, model, output_dir)
+    if cfg.get("direction") is not None:
+        check_config(cfg, ("dataset",))
+        datamodule = instantiate(cfg.dataset, "dataset")
+        datamodule.check()
+        return write_direction(cfg, model, datamodule.split_dataset(cfg.interpolate_split), output_dir)
     if cfg.get("interpolate"):
         return interpolate(cfg, model, sampler, output_dir)
     if cfg.classes is not None:

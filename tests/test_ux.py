@@ -183,3 +183,52 @@ def test_a_trained_digits_model_tells_noise_and_inverted_digits_from_digits(shor
     assert abs(metrics["ood/noise/llr_auroc"] - 0.5) < 0.25  # same model: only the IWAE noise differs
     for score in ("bpd", "typicality", "llr"):
         assert Image.open(tmp_path / f"ood_{score}.png").size[0] > 300
+
+
+# ----- latent directions and manifolds through genlab-sample -------------------------------------------------
+
+
+def test_sample_moves_examples_along_a_class_direction(short_run, tmp_path):
+    import torch
+
+    from genlab.checkpoint import load_model, read_checkpoint
+    from genlab.sample import sample
+
+    ckpt = next((short_run[0] / "checkpoints").glob("best-*.ckpt"))
+    sample(compose_cfg("sample", overrides=[f"ckpt={ckpt}", "direction=3:8", "direction_rows=4",
+                                            "interpolate_steps=5"], output_dir=tmp_path))
+    saved = np.load(tmp_path / "direction.npz")
+    assert saved["images"].shape == (4 * 5, 1, 8, 8) and Image.open(tmp_path / "direction.png").size[0] > 5 * 32
+    # each row starts at the example's own reconstruction and ends at z + (z_8 - z_3)
+    checkpoint = read_checkpoint(ckpt)
+    from omegaconf import OmegaConf
+
+    model = load_model(checkpoint, OmegaConf.create(checkpoint["genlab"]["config"]["model"]))
+    from genlab.config import instantiate
+
+    data = instantiate(OmegaConf.create(checkpoint["genlab"]["config"]["dataset"]), "dataset").split_dataset("test")
+    x = torch.stack([data[int(i)][0] for i in saved["indices"]])
+    assert all(data[int(i)][1] == 3 for i in saved["indices"])
+    z = model.encode_mean(x)
+    first, last = saved["images"].reshape(4, 5, 1, 8, 8)[:, 0], saved["images"].reshape(4, 5, 1, 8, 8)[:, -1]
+    assert np.array_equal(first, model.decode_latent(z).numpy())
+    assert np.array_equal(last, model.decode_latent(z + torch.from_numpy(saved["direction"])).numpy())
+
+
+def test_a_2d_latent_vae_draws_its_manifold_and_others_are_refused(tmp_path):
+    from genlab.errors import ConfigError
+    from genlab.sample import sample
+
+    two_d = _untrained_checkpoint(tmp_path / "vae2.ckpt", "model=vae model.latent_dim=2")
+    sample(compose_cfg("sample", overrides=[f"ckpt={two_d}", "manifold=6"], output_dir=tmp_path / "m"))
+    saved = np.load(tmp_path / "m" / "manifold.npz")
+    assert saved["images"].shape == (36, 1, 8, 8)
+    latents = saved["latents"].reshape(6, 6, 2)
+    assert (np.diff(latents[0, :, 0]) > 0).all() and (np.diff(latents[:, 0, 1]) < 0).all()  # a plane, row-major
+    assert latents[0, 0, 0] == pytest.approx(-1.383, abs=1e-3)  # the 1/12 quantile of N(0, 1)
+    sixteen = _untrained_checkpoint(tmp_path / "vae16.ckpt", "model=vae")
+    with pytest.raises(ConfigError, match="needs a 2-D latent; this model's has 16"):
+        sample(compose_cfg("sample", overrides=[f"ckpt={sixteen}", "manifold=6"], output_dir=tmp_path / "n"))
+    gan = _untrained_checkpoint(tmp_path / "gan.ckpt", "model=dcgan")
+    with pytest.raises(ConfigError, match="dcgan|gan model has no encoder"):
+        sample(compose_cfg("sample", overrides=[f"ckpt={gan}", "direction=3:8"], output_dir=tmp_path / "g"))

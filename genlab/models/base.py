@@ -24,6 +24,9 @@ class GenerativeModel(pl.LightningModule):
     likelihood: ClassVar[Optional[str]] = None
     #: what the model's own steps log, as ``train/<name>`` and ``val/<name>``
     step_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    #: maps data to latent vectors and back (``encode_mean``, ``decode_latent``, ``latent_dim``):
+    #: latent directions and manifolds (genlab.latents) serve these families
+    has_encoder: ClassVar[bool] = False
     #: the sub-module the EMA callback averages, what samples are drawn from ("" = the whole model)
     averaged_module: ClassVar[str] = ""
 
@@ -57,6 +60,15 @@ class GenerativeModel(pl.LightningModule):
     def nll_bits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """-log2 p(x) of the discrete 8-bit ``x``, one value per example (shape [B])."""
         raise NotImplementedError(f"the {self.family} family has no likelihood")
+
+    def encode_mean(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Families with ``has_encoder``: each example's latent as one vector [B, latent_dim]
+        (a VAE's posterior mean, a flow's z of the centre of each pixel's bin)."""
+        raise NotImplementedError(f"the {self.family} family has no encoder")
+
+    def decode_latent(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """Families with ``has_encoder``: data (uint8, the data contract) from latent vectors [B, latent_dim]."""
+        raise NotImplementedError(f"the {self.family} family has no encoder")
 
     def check_trainer(self, trainer_cfg: Any) -> None:
         """Raise ConfigError for ``trainer.*`` settings this model cannot honour (called before

@@ -75,6 +75,7 @@ class Flow(GenerativeModel):
     family = "flow"
     likelihood = "bound"
     step_metrics = ("loss",)
+    has_encoder = True
 
     def __init__(
         self,
@@ -210,6 +211,18 @@ class Flow(GenerativeModel):
         """Latents -> uint8 images (each value of u in [0, 1) falls in one of 256 bins)."""
         u = self.inverse_flow(latents)
         return (u * 256).floor().clamp(0, 255).to(torch.uint8)
+
+    @property
+    def latent_dim(self) -> int:
+        return sum(math.prod(s) for s in self.latent_shapes)
+
+    def encode_mean(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        """The latents of every level as one vector (a flow's encoding is deterministic)."""
+        return torch.cat([z.flatten(1) for z in self.encode(x)], dim=1)
+
+    def decode_latent(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        sizes = [math.prod(s) for s in self.latent_shapes]
+        return self.decode([part.view(len(z), *s) for part, s in zip(z.split(sizes, dim=1), self.latent_shapes)])
 
     # ----- training -----------------------------------------------------------------------
     def _nll_bits_once(self, x: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ class VAE(GenerativeModel):
     family = "vae"
     likelihood = "bound"
     step_metrics = ("loss", "recon_bpd", "kl_bpd", "elbo_bpd")
+    has_encoder = True
 
     def __init__(
         self,
@@ -106,6 +107,14 @@ class VAE(GenerativeModel):
             z = torch.cat([z, onehot], dim=1)
         h = self.from_latent(z).view(-1, self._widths[-1], *self._sizes[-1])
         return self.pixel_dist(self.to_pixels(self.decoder(h)), self.image_shape[0])
+
+    @torch.no_grad()
+    def encode_mean(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        return self.encode(x, y)[0]
+
+    @torch.no_grad()
+    def decode_latent(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        return self.decode(z, y).mean_image()
 
     def prior_latents(self, n: int, temperature: float = 1.0) -> Tensor:
         return temperature * torch.randn(n, self.latent_dim, device=self.device)
