@@ -94,6 +94,9 @@ README_RUNS = {
     "genlab-eval ckpt=... split=val callbacks.fid.num_samples=5000 hardware=ddp_cpu": "trained",
     "genlab-sample ckpt=... n=64 +sampler.temperature=0.8": "trained",
     "genlab-sample ckpt=... n=20 classes=[3,7]": "model=cvae",
+    "genlab-sample ckpt=... direction=3:8": "trained",
+    "genlab-sample ckpt=... manifold=20": "model=vae model.latent_dim=2",
+    "genlab-eval ckpt=... ood=[noise,inverted,digits]": "trained",
     "genlab-sample ckpt=... n=64 sampler=ddpm": DDPM,
     "genlab-sample ckpt=... n=64 +sampler.steps=100 +sampler.eta=1.0":
         DDPM,
@@ -148,15 +151,19 @@ def test_every_readme_eval_and_sample_command_runs_as_written(short_run, tmp_pat
         words = shlex.split(line)
         overrides = [f"ckpt={checkpoints[source]}" if w.startswith("ckpt=") else TINY.get(w, w) for w in words[1:]]
         out = tmp_path / f"out{i}"
-        if words[0] == "genlab-eval":
+        if words[0] == "genlab-eval" and "ood=" in line:
+            metrics = evaluate(compose_cfg("eval", overrides=overrides, output_dir=out))
+            assert {"ood/noise/bpd_auroc", "ood/inverted/typicality_aupr", "ood/digits/bpd_fpr95"} <= set(metrics)
+        elif words[0] == "genlab-eval":
             metrics = evaluate(compose_cfg("eval", overrides=overrides, output_dir=out))
             split = "val" if "split=val" in line else "test"
             assert math.isfinite(metrics[f"{split}/bpd"]) and math.isfinite(metrics[f"{split}/fid_classifier"]), line
         else:
             sample(compose_cfg("sample", overrides=overrides, output_dir=out))
-            name = "interpolation" if "interpolate=" in line else "samples"
+            name = next((k for k in ("interpolation", "direction", "manifold") if k[:6] in line), "samples")
             images = np.load(out / f"{name}.npz")["images"]
-            n = 8 * 10 if name == "interpolation" else int(next(w for w in words if w.startswith("n=")).split("=")[1])
+            n = {"interpolation": 8 * 10, "direction": 8 * 8, "manifold": 20 * 20}.get(name) or \
+                int(next(w for w in words if w.startswith("n=")).split("=")[1])
             assert images.shape[0] == n and images.dtype == np.uint8, line
             if "classes=[3,7]" in line:
                 assert list(np.load(out / "samples.npz")["labels"][:4]) == [3, 7, 3, 7]
