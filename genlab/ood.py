@@ -122,6 +122,9 @@ def ood_set(name: str, cfg: DictConfig, in_dist: Tensor) -> Tensor:
     if root:
         with_model_shape["root"] = root
     dataset_cfg = OmegaConf.merge(node.dataset, with_model_shape)
+    if OmegaConf.is_missing(dataset_cfg, "root"):
+        raise ConfigError(f"ood={name}: the {option} dataset needs its folder: write it as {option}:ROOT, "
+                          f"e.g. ood=[{option}:/data/cifar10/test]")
     dataset_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.merge(node, {"dataset": dataset_cfg}), resolve=True)["dataset"])
     datamodule = instantiate(dataset_cfg, f"ood ({name})")
     datamodule.check()

@@ -48,3 +48,15 @@ def test_ood_sets_are_named_or_refused_in_one_line():
     assert ood_names(["digits", "image_folder:/data/cifar/test"]) == ["digits", "image_folder:/data/cifar/test"]
     with pytest.raises(ConfigError, match=r"'nosie' is not an OOD set.*inverted, noise.*image_folder"):
         ood_names(["nosie"])
+
+
+def test_a_dataset_option_without_its_folder_is_refused_naming_the_form(tmp_path):
+    from genlab.ood import ood_set
+
+    from conftest import compose_cfg
+
+    cfg = compose_cfg("eval", overrides=["ckpt=x", "+dataset.channels=1", "+dataset.image_size=8"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"ood=image_folder: the image_folder dataset needs its folder.*image_folder:ROOT"):
+        ood_set("image_folder", cfg, torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    digits = ood_set("digits", cfg, torch.zeros(4, 1, 8, 8, dtype=torch.uint8))  # the 1,797 digits, all splits
+    assert digits.shape == (1000, 1, 8, 8) and digits.dtype == torch.uint8  # ood_max_examples of them
