@@ -5,6 +5,7 @@ objective that follows the family, and every README command as written."""
 import json
 import logging
 import math
+import time
 
 import numpy as np
 import pytest
@@ -40,7 +41,12 @@ def test_wandb_sample_images_hold_the_pixels_of_the_run_folder_png(short_run):
 
     out, _ = short_run
     run = next((out / "wandb").glob("offline-run-*"))
-    rows = [row for row in history(read_records(next(run.glob("run-*.wandb")))) if "samples" in str(row)]
+    deadline = time.monotonic() + 30  # W&B's service process writes the run file: up to its exit record
+    records = read_records(next(run.glob("run-*.wandb")))
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        records = read_records(next(run.glob("run-*.wandb")))
+    rows = [row for row in history(records) if "samples/_type" in row]
     assert len(rows) == 1
     logged = np.asarray(Image.open(next((run / "files" / "media" / "images").glob("samples_*.png"))).convert("RGB"))
     saved = np.asarray(Image.open(next((out / "samples").glob("*.png"))).convert("RGB"))
