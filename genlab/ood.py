@@ -57,7 +57,7 @@ def ood_names(value: Any) -> list[str]:
     bad = [n for n in names if n.split(":", 1)[0] not in known]
     if not names or bad:
         raise ConfigError(
-            f"ood={value!r}: {', '.join(map(repr, bad)) or 'no name'} is not an OOD set; use a list of "
+            f"ood=[{','.join(names)}]: {', '.join(map(repr, bad)) or 'no name'} is not an OOD set; use a list of "
             f"{', '.join(SYNTHETIC)} or a dataset option ({', '.join(datasets)}; NAME:ROOT gives its "
             "root folder), e.g. ood=[noise,inverted,image_folder:/data/cifar10/test]"
         )
@@ -183,7 +183,7 @@ def detect(cfg: DictConfig, model: GenerativeModel, datamodule: Any, background:
     """Score the held-out split and every OOD set; the metrics (flat keys ``ood/<set>/<score>_<metric>``)."""
     names = ood_names(cfg.ood)
     if model.likelihood is None:
-        raise ConfigError(f"ood={cfg.ood}: the {model.family} family has no likelihood to score data with; "
+        raise ConfigError(f"ood=[{','.join(names)}]: the {model.family} family has no likelihood to score data with; "
                           "likelihood-based OOD detection needs a model with one (every family but GANs)")
     n = cfg.ood_max_examples
     reference = "train" if cfg.split == "val" else "val"  # estimates H, apart from the scored split
