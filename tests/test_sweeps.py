@@ -138,13 +138,13 @@ def test_optuna_sweep_returns_the_best_objective_and_records_every_trial(tmp_pat
 
 
 @pytest.mark.slow
-def test_report_command_refuses_a_run_directory(tmp_path):
-    (tmp_path / "run" / ".hydra").mkdir(parents=True)
-    result = subprocess.run([sys.executable, "-m", "genlab.report", str(tmp_path / "run")], capture_output=True,
+def test_report_command_refuses_a_folder_without_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, "-m", "genlab.report", str(tmp_path / "empty")], capture_output=True,
                             text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
-    assert "is the directory of one run" in result.stderr and "not a sweep directory" in result.stderr
-    assert not list(tmp_path.rglob("report.*"))
+    assert result.stderr.startswith("genlab-report: error:") and "is not a sweep or run directory" in result.stderr
+    assert not list(tmp_path.rglob("report.*")) and not list(tmp_path.rglob("dashboard"))
 
 
 # ----- the report on synthetic sweep directories -----------------------------------------------
@@ -271,9 +271,12 @@ def test_report_refuses_what_is_not_a_sweep(tmp_path, capsys):
     with pytest.raises(NotASweep, match="is not a directory"):
         read_sweep(tmp_path / "missing")
     (tmp_path / "sweep" / "3" / ".hydra").mkdir(parents=True)
-    assert report_main([str(tmp_path / "sweep" / "3")]) == 2
+    assert report_main([str(tmp_path / "sweep"), str(tmp_path / "empty")]) == 2  # several, and no --out
     err = capsys.readouterr().err
-    assert "genlab-report: error:" in err and str(tmp_path / "sweep") in err  # points at the sweep directory
+    assert err.startswith("genlab-report: error: 2 directories given and no --out: pass --out DIR")
+    assert report_main([str(tmp_path / "sweep"), str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'empty'} is not a sweep or run directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 # ----- configs and the sweeper contract -----------------------------------------------------------

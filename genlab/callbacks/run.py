@@ -1,5 +1,5 @@
-"""What every run records: metrics.json (final and best values), its config in checkpoints, and
-``last.ckpt``, its newest state."""
+"""What every run records: metrics.json (final and best values), history.json (its learning
+curves), its config in checkpoints, and ``last.ckpt``, its newest state."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def higher_is_better(name: str) -> bool:
 
 
 class RunRecorder(pl.Callback):
-    """Keeps the final and best value of every logged metric and writes ``metrics.json``.
+    """Keeps the final and best value of every logged metric and writes ``metrics.json``, and
+    the values of each training epoch, validation and test in ``history.json`` (one row each,
+    with its step and epoch: the learning curves genlab-report draws, whatever the logger).
 
     Also stores the resolved config in every checkpoint, which is what makes a checkpoint a
     genlab checkpoint that ``genlab-eval`` and ``genlab-sample`` can rebuild.
@@ -33,6 +35,8 @@ class RunRecorder(pl.Callback):
 
     def __init__(self, output_dir: str | Path, config: dict[str, Any]) -> None:
         self.path = Path(output_dir) / "metrics.json"
+        self.history_path = Path(output_dir) / "history.json"
+        self.history: list[dict[str, float]] = []
         self.config = config
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
@@ -42,9 +46,12 @@ class RunRecorder(pl.Callback):
         #: metrics that do not exist for this model, with the reason (e.g. bits/dim for a GAN)
         self.not_applicable: dict[str, str] = {}
 
-    def _collect(self, trainer: pl.Trainer) -> None:
+    def _collect(self, trainer: pl.Trainer, stage: str) -> None:
+        """``stage``: train, val or test; its row of the history holds the metrics of that split
+        (train: all but val/ and test/, which keep their last values in callback_metrics)."""
         if trainer.sanity_checking:
             return
+        row: dict[str, float] = {}
         for name, value in trainer.callback_metrics.items():
             value = float(value)
             if not math.isfinite(value):
@@ -53,6 +60,11 @@ class RunRecorder(pl.Callback):
             old = self.best.get(name)
             better = max if self._higher_is_better(name) else min
             self.best[name] = value if old is None else better(old, value)
+            split = name.split("/", 1)[0] if name.startswith(("val/", "test/")) else "train"
+            if split == stage:
+                row[name] = value
+        if row:
+            self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, **row})
         self.write()
 
     def _higher_is_better(self, name: str) -> bool:
@@ -65,6 +77,7 @@ class RunRecorder(pl.Callback):
         data: dict[str, Any] = {"status": self.status, **self.status_details, "final": self.final, "best": self.best}
         if self.not_applicable:
             data["not_applicable"] = self.not_applicable
+        atomic_write_json(self.history_path, self.history)
         atomic_write_json(self.path, data)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -72,13 +85,13 @@ class RunRecorder(pl.Callback):
             self.not_applicable["bpd"] = f"the {pl_module.family} family has no likelihood"
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect(trainer)
+        self._collect(trainer, "train")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect(trainer)
+        self._collect(trainer, "val")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect(trainer)
+        self._collect(trainer, "test")
 
     def finish(self, status: str = "completed", **details: Any) -> None:
         self.status, self.status_details = status, details
@@ -91,7 +104,7 @@ class RunRecorder(pl.Callback):
             "version": genlab.__version__,
             "family": pl_module.family,
             "config": self.config,
-            "metrics": {"final": dict(self.final), "best": dict(self.best)},
+            "metrics": {"final": dict(self.final), "best": dict(self.best), "history": list(self.history)},
         }
 
     def on_load_checkpoint(
@@ -102,6 +115,7 @@ class RunRecorder(pl.Callback):
         if metrics and trainer.state.fn == "fit":
             self.final.update(metrics["final"])
             self.best.update(metrics["best"])
+            self.history = list(metrics.get("history", []))
 
 
 class LastCheckpoint(ModelCheckpoint):
