@@ -647,6 +647,7 @@ def write_report(paths: Path | Sequence[Path], out: Optional[Path] = None,
         raise NotASweep(f"{len(paths)} directories given and no --out: pass --out DIR, the folder for the report")
     jobs = read_runs(paths)
     out = Path(out) if out is not None else paths[0]
+    _check_dashboard_folder(out / "dashboard")
     out.mkdir(parents=True, exist_ok=True)
     objectives = list(dict.fromkeys(job.objective for job in jobs if job.objective))
     chosen = [m for m in (metrics or default_metrics(jobs)) if m not in objectives]
@@ -711,12 +712,26 @@ def _sort_key(value: Any) -> str:
     return repr(number) if number is not None else ("" if value is None else str(value))
 
 
+#: in the dashboard's page: what marks a folder as one genlab-report may write over
+GENERATOR = '<meta name="generator" content="genlab-report">'
+
+
+def _check_dashboard_folder(folder: Path) -> None:
+    """Refuses to replace a folder that is not a dashboard genlab-report wrote."""
+    index = folder / "index.html"
+    if folder.exists() and not (index.is_file() and GENERATOR in index.read_text(errors="replace")[:2000]):
+        raise NotASweep(f"{folder} exists and is not a dashboard written by genlab-report; it is left as it is: "
+                        f"move it or pass another --out")
+
+
 def write_dashboard(report: Report, folder: Path) -> Path:
     """``folder/index.html`` and copies of the plots, sample grids and sounds it shows."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from markupsafe import Markup
 
+    _check_dashboard_folder(folder)
     if folder.exists():
-        shutil.rmtree(folder)  # the report's own folder, written again from scratch
+        shutil.rmtree(folder)  # the dashboard of an earlier report, written again from scratch
     (folder / "plots").mkdir(parents=True)
     plots = [shutil.copy2(p, folder / "plots" / p.name) for p in report.plots]
     runs = []
@@ -737,7 +752,7 @@ def write_dashboard(report: Report, folder: Path) -> Path:
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     html = env.get_template("dashboard.html.j2").render(
-        report=report, columns=columns, cells=cells, seed_header=report.seed_header, seed_cells=seed_cells,
+        generator=Markup(GENERATOR), report=report, columns=columns, cells=cells, seed_header=report.seed_header, seed_cells=seed_cells,
         plots=[Path(p).relative_to(folder).as_posix() for p in plots], runs=runs)
     index = folder / "index.html"
     index.write_text(html, encoding="utf-8")

@@ -165,3 +165,39 @@ def test_dashboard_in_headless_chromium(sweeps, tmp_path):
         assert full.std() > 10
         browser.close()
     assert problems == []
+
+
+def test_seeds_sizes_and_names_are_categories_and_fractions_a_numeric_axis():
+    from genlab.report import _categorical
+
+    assert _categorical(["0", "1", "2"], "seed") and _categorical(["0.5", "1.5"], "seed")
+    assert _categorical(["vae", "pixelcnn"], "model") and _categorical(["8", "16", "32"], "model.latent_dim")
+    assert not _categorical(["0.001", "0.0031622776601683794"], "model.optimizer.lr")
+    assert not _categorical(["1e-3", "1"], "model.beta")
+
+
+def test_precision_against_recall_is_drawn_where_measured(sweeps, tmp_path):
+    from genlab.report import pair_points
+
+    grid = sweeps[0]
+    for job, (precision, recall) in zip(("0", "2"), [(0.6, 0.4), (0.7, 0.5)]):
+        metrics = json.loads((grid / job / "metrics.json").read_text())
+        metrics["final"].update({"val/precision_classifier": precision, "val/recall_classifier": recall})
+        (grid / job / "metrics.json").write_text(json.dumps(metrics))
+    jobs = read_runs([grid])
+    assert pair_points(jobs, "precision_{ext}", "recall_{ext}") == {
+        "classifier": [("vae", 0.6, 0.4), ("pixelcnn", 0.7, 0.5)]}
+    assert report_main([str(grid), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "precision_recall_classifier.png").is_file()
+
+
+def test_the_dashboard_never_replaces_a_folder_it_did_not_write(sweeps, capsys):
+    grid = sweeps[0]
+    (grid / "dashboard").mkdir()
+    (grid / "dashboard" / "notes.txt").write_text("mine")
+    assert report_main([str(grid)]) == 2
+    assert "dashboard exists and is not a dashboard written by genlab-report" in capsys.readouterr().err
+    assert (grid / "dashboard" / "notes.txt").read_text() == "mine" and not (grid / "report.md").exists()
+    (grid / "dashboard" / "notes.txt").unlink()
+    (grid / "dashboard").rmdir()
+    assert report_main([str(grid)]) == 0 and report_main([str(grid)]) == 0  # its own: written again

@@ -62,7 +62,25 @@ def test_grid_sweep_runs_every_combination_with_one_wandb_group(tmp_path):
         assert row["status"] == "completed" and math.isfinite(float(row["test/fid_classifier (final)"]))
     assert "trainer.max_epochs" not in rows[0]  # the same in every job: not a column
     plots = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert plots == {"objective_by_model.png", "objective_by_seed.png", "fid_classifier_vs_bpd.png"}
+    # Curves of what was measured more than once: the training loss (every 10 steps), not val/bpd (one epoch).
+    assert plots == {"objective_by_model.png", "objective_by_seed.png", "fid_classifier_vs_bpd.png",
+                     "curve_train_loss.png"}
+    # Learning curves from each run's history.json: a validation row per epoch, the best as in metrics.json.
+    for job in jobs:
+        history = json.loads((job / "history.json").read_text())
+        validations = [row for row in history if "val/bpd" in row]
+        assert [row["epoch"] for row in validations] == [0]
+        assert min(row["val/bpd"] for row in validations) == json.loads((job / "metrics.json").read_text())["best"]["val/bpd"]
+        assert [row["step"] for row in history if "train/loss" in row] == [10, 20, 23]  # and the epoch's last
+        assert any("test/bpd" in row for row in history)
+    with (tmp_path / "report" / "report_seeds.csv").open() as f:
+        seeds = {r["model"]: r for r in csv.DictReader(f)}
+    for model in ("vae", "cvae"):
+        values = [float(r["objective value"]) for r in rows if r["model"] == model]
+        mean, sd = (float(v) for v in seeds[model]["objective value"].split(" ± "))
+        assert mean == pytest.approx(sum(values) / 2) and sd == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    html = (tmp_path / "report" / "dashboard" / "index.html").read_text()
+    assert html.count('<img src="runs/') == 4  # each job's newest sample grid
 
     # Each job has its own W&B run; all four share the group named after the sweep directory.
     groups = [wandb_run_groups(job) for job in jobs]

@@ -3,6 +3,7 @@ curves), its config in checkpoints, and ``last.ckpt``, its newest state."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 import genlab
-from genlab.utils import atomic_write_json
+from genlab.utils import atomic_write_json, atomic_write_text
 
 HIGHER_IS_BETTER = {"acc", "accuracy", "isc", "is", "precision", "recall"}
 
@@ -26,8 +27,10 @@ def higher_is_better(name: str) -> bool:
 
 class RunRecorder(pl.Callback):
     """Keeps the final and best value of every logged metric and writes ``metrics.json``, and
-    the values of each training epoch, validation and test in ``history.json`` (one row each,
-    with its step and epoch: the learning curves genlab-report draws, whatever the logger).
+    the learning curves genlab-report draws, whatever the logger, in ``history.json``: a row of
+    training metrics every ``log_every_n_steps`` steps and at each epoch's last batch, and one
+    for each validation and test, each with its step and epoch. Rows are taken before any
+    checkpoint of the same moment is written, so a resumed run has the history it would have had.
 
     Also stores the resolved config in every checkpoint, which is what makes a checkpoint a
     genlab checkpoint that ``genlab-eval`` and ``genlab-sample`` can rebuild.
@@ -46,12 +49,10 @@ class RunRecorder(pl.Callback):
         #: metrics that do not exist for this model, with the reason (e.g. bits/dim for a GAN)
         self.not_applicable: dict[str, str] = {}
 
-    def _collect(self, trainer: pl.Trainer, stage: str) -> None:
-        """``stage``: train, val or test; its row of the history holds the metrics of that split
-        (train: all but val/ and test/, which keep their last values in callback_metrics)."""
+    def _collect(self, trainer: pl.Trainer, stage: Optional[str] = None) -> None:
+        """Final and best values, and (for ``stage`` val or test) a row of that split's metrics."""
         if trainer.sanity_checking:
             return
-        row: dict[str, float] = {}
         for name, value in trainer.callback_metrics.items():
             value = float(value)
             if not math.isfinite(value):
@@ -60,12 +61,27 @@ class RunRecorder(pl.Callback):
             old = self.best.get(name)
             better = max if self._higher_is_better(name) else min
             self.best[name] = value if old is None else better(old, value)
+        if stage is not None:
+            self._add_row(trainer, stage)
+        self.write()
+
+    def _add_row(self, trainer: pl.Trainer, stage: str) -> None:
+        """A history row of the metrics of ``stage`` (train: all but val/ and test/, which keep
+        their last values in callback_metrics)."""
+        row = {}
+        for name, value in trainer.callback_metrics.items():
             split = name.split("/", 1)[0] if name.startswith(("val/", "test/")) else "train"
-            if split == stage:
-                row[name] = value
+            if split == stage and math.isfinite(float(value)):
+                row[name] = float(value)
         if row:
             self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, **row})
-        self.write()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        logging_step = step % trainer.log_every_n_steps == 0 or trainer.is_last_batch
+        if logging_step and not (self.history and self.history[-1]["step"] == step):  # once (accumulation)
+            self._add_row(trainer, "train")
 
     def _higher_is_better(self, name: str) -> bool:
         if name == self.config.get("objective"):  # the config says which way its objective goes
@@ -77,7 +93,8 @@ class RunRecorder(pl.Callback):
         data: dict[str, Any] = {"status": self.status, **self.status_details, "final": self.final, "best": self.best}
         if self.not_applicable:
             data["not_applicable"] = self.not_applicable
-        atomic_write_json(self.history_path, self.history)
+        rows = ",\n".join(json.dumps(row, sort_keys=True) for row in self.history)  # a row a line: it grows long
+        atomic_write_text(self.history_path, f"[\n{rows}\n]\n" if rows else "[]\n")
         atomic_write_json(self.path, data)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -85,7 +102,7 @@ class RunRecorder(pl.Callback):
             self.not_applicable["bpd"] = f"the {pl_module.family} family has no likelihood"
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect(trainer, "train")
+        self._collect(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collect(trainer, "val")
