@@ -376,12 +376,14 @@ class SeedGroup:
     overrides: dict[str, str]  # the overrides they share (the seed left out)
     jobs: list[Job]
 
-    def stats(self, values: Sequence[Optional[float]]) -> Optional[tuple[float, float, int]]:
-        """(mean, sample standard deviation (n - 1), n) of the values measured; None under two."""
-        measured = [v for v in values if v is not None and math.isfinite(v)]
-        if len(measured) < 2:
-            return None
-        return statistics.mean(measured), statistics.stdev(measured), len(measured)
+
+
+def mean_sd(values: Sequence[Optional[float]]) -> Optional[tuple[float, float, int]]:
+    """(mean, sample standard deviation (n - 1), n) of the values measured; None under two."""
+    measured = [v for v in values if v is not None and math.isfinite(v)]
+    if len(measured) < 2:
+        return None
+    return statistics.mean(measured), statistics.stdev(measured), len(measured)
 
 
 def seed_groups(jobs: Sequence[Job]) -> list[SeedGroup]:
@@ -406,8 +408,8 @@ def seed_table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], 
     header = ["model", *keys, "seeds", "objective value", *metrics]
     rows = []
     for group in groups:
-        cells = [group.stats([job.objective_value for job in group.jobs]),
-                 *(group.stats([job.final.get(m) for job in group.jobs]) for m in metrics)]
+        cells = [mean_sd([job.objective_value for job in group.jobs]),
+                 *(mean_sd([job.final.get(m) for job in group.jobs]) for m in metrics)]
         seeds = ",".join(sorted((job.overrides[SEED] for job in group.jobs), key=_natural_key))
         rows.append([group.model, *(group.overrides.get(k) for k in keys), seeds, *cells])
     return header, rows
@@ -484,7 +486,7 @@ def plot_objective(jobs: Sequence[Job], out: Path) -> list[Path]:
             ax.set_xscale("log")  # e.g. a learning rate
         ax.set(xlabel=key, ylabel=f"{objective} (best)", title=f"{objective} by {key} (mean ± sd over seeds)")
         ax.legend(title="model", fontsize="small")
-        name = f"objective_by_{_safe_name(key)}" if len(objectives) == 1 else f"{_safe_name(objective)}_by_{_safe_name(key)}"
+        name = f"{'objective' if len(objectives) == 1 else _safe_name(objective)}_by_{_safe_name(key)}"
         paths.append(_save(fig, out / f"{name}.png"))
     return paths
 
@@ -661,7 +663,8 @@ def write_report(paths: Path | Sequence[Path], out: Optional[Path] = None,
     notes = [f"{summary(jobs)}."]
     if objectives:
         modes = {job.objective_mode for job in jobs if job.objective}
-        notes.append(f"Objective (what genlab-train returns): best {', '.join(objectives)} ({'/'.join(sorted(modes))}).")
+        notes.append(f"Objective (what genlab-train returns): best {', '.join(objectives)} "
+                     f"({'/'.join(sorted(modes))}).")
     best = best_job(jobs)
     if best is not None:
         notes.append(f"Best job: {best.name}, {best.objective} = {best.objective_value:.6g}.")
@@ -671,7 +674,8 @@ def write_report(paths: Path | Sequence[Path], out: Optional[Path] = None,
         if len(paths) == 1 else f"{len(paths)} sweeps and runs"
     report = Report(title, paths, jobs, header, rows, seed_header, seed_rows, notes, plots)
 
-    lines = [f"# {title}", "", f"`{', '.join(map(str, paths))}`: {notes[0]}", *notes[1:], "", *_markdown_table(header, rows)]
+    lines = [f"# {title}", "", f"`{', '.join(map(str, paths))}`: {notes[0]}", *notes[1:], "",
+             *_markdown_table(header, rows)]
     if seed_rows:
         lines += ["", "## Mean ± sd over seeds", "", *_markdown_table(seed_header, seed_rows)]
     for status, heading in NEEDS_ATTENTION.items():
@@ -724,6 +728,16 @@ def _check_dashboard_folder(folder: Path) -> None:
                         f"move it or pass another --out")
 
 
+def _copy(files: Sequence[Path], into: Path, folder: Path) -> list[str]:
+    """Copies ``files`` into ``into`` (numbered, in order); their addresses relative to ``folder``."""
+    from urllib.parse import quote
+
+    if files:
+        into.mkdir(parents=True, exist_ok=True)
+    return [quote(Path(shutil.copy2(f, into / f"{num:02d}_{f.name}")).relative_to(folder).as_posix())
+            for num, f in enumerate(files)]
+
+
 def write_dashboard(report: Report, folder: Path) -> Path:
     """``folder/index.html`` and copies of the plots, sample grids and sounds it shows."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -732,18 +746,14 @@ def write_dashboard(report: Report, folder: Path) -> Path:
     _check_dashboard_folder(folder)
     if folder.exists():
         shutil.rmtree(folder)  # the dashboard of an earlier report, written again from scratch
-    (folder / "plots").mkdir(parents=True)
-    plots = [shutil.copy2(p, folder / "plots" / p.name) for p in report.plots]
+    folder.mkdir(parents=True)
     runs = []
     for num, job in enumerate(report.jobs):
         grid, sounds = latest_samples(job.path)
         media = folder / "runs" / f"{num:03d}_{_safe_name(job.name)}"
-        if grid or sounds:
-            media.mkdir(parents=True)
-        copied = [Path(shutil.copy2(f, media / f"{i:02d}_{f.name}")) for i, f in enumerate([*([grid] if grid else []), *sounds])]
-        runs.append({"job": job, "grid": copied[0].relative_to(folder).as_posix() if grid else None,
+        runs.append({"job": job, "grid": _copy([grid], media, folder)[0] if grid else None,
                      "grid_name": grid.name if grid else None,
-                     "sounds": [(c.relative_to(folder).as_posix(), s.name) for c, s in zip(copied[bool(grid):], sounds)]})
+                     "sounds": list(zip(_copy(sounds, media / "sounds", folder), (f.name for f in sounds)))})
     with_model = "model" not in report.header  # the model column, unless an override names it already
     columns = ["model"] * with_model + report.header
     cells = [[(_fmt(job.model, md=True), _sort_key(job.model))] * with_model
@@ -752,8 +762,9 @@ def write_dashboard(report: Report, folder: Path) -> Path:
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     html = env.get_template("dashboard.html.j2").render(
-        generator=Markup(GENERATOR), report=report, columns=columns, cells=cells, seed_header=report.seed_header, seed_cells=seed_cells,
-        plots=[Path(p).relative_to(folder).as_posix() for p in plots], runs=runs)
+        generator=Markup(GENERATOR), report=report, columns=columns, cells=cells, seed_header=report.seed_header,
+        seed_cells=seed_cells, runs=runs,
+        plots=list(zip((p.name for p in report.plots), _copy(report.plots, folder / "plots", folder))))
     index = folder / "index.html"
     index.write_text(html, encoding="utf-8")
     return index

@@ -60,7 +60,7 @@ def sweeps(tmp_path) -> tuple[Path, Path]:
     failed = make_job(grid, "4", ["model=vae", "seed=2"], "vae", {"status": "failed", "final": {}, "best": {}},
                       failed={"status": "failed", "error": "TrainingDiverged", "message": "loss is nan at step 7"})
     add_run_files(failed, [{"step": 5, "epoch": 0, "train/loss": 9.0}])
-    with wave.open(str(grid / "0" / "samples" / "epoch001-step000020-0.wav"), "wb") as sound:  # an audio run's
+    with wave.open(str(grid / "0" / "samples" / "sound #0 of step 20.wav"), "wb") as sound:  # an odd name
         sound.setnchannels(1), sound.setsampwidth(2), sound.setframerate(8000)
         sound.writeframes((np.sin(np.arange(4000) * 0.3) * 8000).astype("<i2").tobytes())  # half a second
 
