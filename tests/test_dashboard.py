@@ -17,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from genlab.callbacks.samples import save_grid
+from genlab.modalities.image import ImageModality
 from genlab.report import main as report_main, read_runs, seed_table
 
 from test_sweeps import completed, make_job
@@ -31,8 +31,9 @@ def add_run_files(job: Path, history: list[dict], grid_seed: int | None = None) 
     if grid_seed is not None:
         (job / "samples").mkdir()
         images = torch.randint(0, 256, (16, 1, 8, 8), generator=torch.Generator().manual_seed(grid_seed)).byte()
-        save_grid(images * 0, job / "samples" / "epoch000-step000010.png")  # an older, black grid
-        save_grid(images, job / "samples" / "epoch001-step000020.png")
+        modality = ImageModality([1, 8, 8])
+        modality.save(images * 0, job / "samples" / "epoch000-step000010")  # an older, black grid
+        modality.save(images, job / "samples" / "epoch001-step000020")
         os.utime(job / "samples" / "epoch000-step000010.png", (1, 1))  # older by its time too
 
 
