@@ -20,7 +20,8 @@ venv: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
-	@command -v chromium >/dev/null 2>&1
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium is missing and apt-get could not install it:" \
+		"the dashboard test needs it (apt-get install chromium, as root)" >&2; exit 1; }
 
 train: $(STAMP)
 	$(VENV)/bin/genlab-train $(ARGS)
