@@ -3,8 +3,11 @@ VENV   ?= .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.genlab-installed
 ARGS   ?=
+# Debian's Chromium, the browser the dashboard test drives (playwright cannot download its own
+# offline); installed by apt-get, as root or through sudo.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv train test test-fast lint bench clean
+.PHONY: venv browser train test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,13 +17,19 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium is missing and apt-get could not install it:" \
+		"the dashboard test needs it (apt-get install chromium, as root)" >&2; exit 1; }
+
 train: $(STAMP)
 	$(VENV)/bin/genlab-train $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -n 2 --durations=15 $(ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -n 2 -m "not slow" $(ARGS)
 
 lint: $(STAMP)

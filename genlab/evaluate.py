@@ -59,11 +59,11 @@ def detect_ood(cfg: DictConfig, model: GenerativeModel, datamodule: Any, output_
         stored = read_checkpoint(cfg.ood_background, key="ood_background")
         background = load_model(stored, OmegaConf.create(stored["genlab"].get("config", {}).get("model") or {}),
                                 f"ood_background={cfg.ood_background}").to(model.device)
-        if background.likelihood is None or background.image_shape != model.image_shape:
+        if background.likelihood is None or background.data_shape != model.data_shape:
             raise ConfigError(
                 f"ood_background={cfg.ood_background}: a background model needs a likelihood and the data shape "
-                f"of ckpt= ({list(model.image_shape)}); it is a {background.family} model of "
-                f"{list(background.image_shape)}")
+                f"of ckpt= ({list(model.data_shape)}); it is a {background.family} model of "
+                f"{list(background.data_shape)}")
     container = OmegaConf.to_container(cfg, resolve=True)
     recorder = RunRecorder(output_dir, container)
     atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))

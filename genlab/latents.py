@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.callbacks.samples import save_grid
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 
@@ -67,8 +66,8 @@ def move_along(model: GenerativeModel, x: Tensor, y: Tensor, direction: Tensor, 
     return model.decode_latent(moved.reshape(len(x) * steps, -1), y.repeat_interleave(steps)).cpu()
 
 
-def write_direction(cfg: Any, model: GenerativeModel, data: Any, output_dir: Path) -> Path:
-    """direction.png (rows: examples of class A moved toward B) and direction.npz."""
+def write_direction(cfg: Any, model: GenerativeModel, data: Any, modality: Any, output_dir: Path) -> Path:
+    """direction.png (rows: examples of class A moved toward B; the data's modality writes it) and direction.npz."""
     require_encoder(model, f"direction={cfg.direction}")
     a, b = parse_direction(cfg.direction, model.num_classes)
     x = torch.stack([data[i][0] for i in range(len(data))])
@@ -80,7 +79,7 @@ def write_direction(cfg: Any, model: GenerativeModel, data: Any, output_dir: Pat
     alphas = torch.linspace(0, float(cfg.direction_scale), cfg.interpolate_steps)
     images = move_along(model, x[rows], y[rows], direction, alphas)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_grid(images, output_dir / "direction.png", nrow=len(alphas))
+    modality.save(images, output_dir / "direction", nrow=len(alphas))
     np.savez_compressed(output_dir / "direction.npz", images=images.numpy(), direction=direction.cpu().numpy(),
                         alphas=alphas.numpy(), indices=rows.numpy(), labels=np.array([a, b]))
     log.info("wrote %d examples of class %d moved along z_%d - z_%d (|d| = %.3g) to %s (direction.png, direction.npz)",
@@ -88,7 +87,7 @@ def write_direction(cfg: Any, model: GenerativeModel, data: Any, output_dir: Pat
     return output_dir
 
 
-def write_manifold(cfg: Any, model: GenerativeModel, output_dir: Path) -> Path:
+def write_manifold(cfg: Any, model: GenerativeModel, modality: Any, output_dir: Path) -> Path:
     """manifold.png: an N x N grid over a 2-D latent (prior quantiles), and manifold.npz."""
     require_encoder(model, f"manifold={cfg.manifold}")
     if model.latent_dim != 2:
@@ -102,7 +101,7 @@ def write_manifold(cfg: Any, model: GenerativeModel, output_dir: Path) -> Path:
     with torch.no_grad():
         images = model.decode_latent(z.to(model.device), None if labels is None else labels.to(model.device)).cpu()
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_grid(images, output_dir / "manifold.png", nrow=n)
+    modality.save(images, output_dir / "manifold", nrow=n)
     np.savez_compressed(output_dir / "manifold.npz", images=images.numpy(), latents=z.numpy())
     log.info("wrote the %dx%d latent manifold to %s (manifold.png, manifold.npz)", n, n, output_dir)
     return output_dir

@@ -107,29 +107,34 @@ def _images(dataset: Dataset) -> Tensor:
     return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
-def ood_set(name: str, cfg: DictConfig, in_dist: Tensor) -> Tensor:
-    """The examples of one OOD entry, shaped like the in-distribution data."""
-    n = cfg.ood_max_examples
+def ood_set(name: str, cfg: DictConfig, in_dist: Tensor, vocab_size: int = 256) -> Tensor:
+    """The examples of one OOD entry, shaped like the in-distribution data (values 0..vocab_size-1)."""
     if name == "inverted":
-        return 255 - in_dist
+        return (vocab_size - 1) - in_dist
     if name == "noise":
         generator = torch.Generator().manual_seed(cfg.seed)
-        return torch.randint(0, 256, (len(in_dist), *in_dist.shape[1:]), generator=generator, dtype=torch.uint8)
+        return torch.randint(0, vocab_size, in_dist.shape, generator=generator, dtype=in_dist.dtype)
     option, _, root = name.partition(":")
-    # genlab's own dataset option, resized and converted to the model's data (its channels and size)
-    node = OmegaConf.merge({"paths": cfg.paths, "seed": cfg.seed}, {"dataset": OmegaConf.load(CONF_DIR / "dataset" / f"{option}.yaml")})
-    with_model_shape = {"channels": cfg.dataset.channels, "image_size": cfg.dataset.image_size, "num_classes": 0}
+    # genlab's own dataset option, converted to the in-distribution data's settings where it has
+    # them (images: channels and size)
+    node = OmegaConf.merge({"paths": cfg.paths, "seed": cfg.seed},
+                           {"dataset": OmegaConf.load(CONF_DIR / "dataset" / f"{option}.yaml")})
+    like_model = {key: cfg.dataset[key] for key in ("channels", "image_size") if key in cfg.dataset and key in node.dataset}
+    like_model["num_classes"] = 0
     if root:
-        with_model_shape["root"] = root
-    dataset_cfg = OmegaConf.merge(node.dataset, with_model_shape)
+        like_model["root"] = root
+    dataset_cfg = OmegaConf.merge(node.dataset, like_model)
     if OmegaConf.is_missing(dataset_cfg, "root"):
         raise ConfigError(f"ood={name}: the {option} dataset needs its folder: write it as {option}:ROOT, "
                           f"e.g. ood=[{option}:/data/cifar10/test]")
-    dataset_cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.merge(node, {"dataset": dataset_cfg}), resolve=True)["dataset"])
-    datamodule = instantiate(dataset_cfg, f"ood ({name})")
+    resolved = OmegaConf.to_container(OmegaConf.merge(node, {"dataset": dataset_cfg}), resolve=True)["dataset"]
+    datamodule = instantiate(OmegaConf.create(resolved), f"ood ({name})")
     datamodule.check()
-    images = torch.cat([_images(datamodule.split_dataset(split)) for split in ("train", "val", "test")])
-    return _subset(images, n, cfg.seed)
+    data = torch.cat([_images(datamodule.split_dataset(split)) for split in ("train", "val", "test")])
+    if data.shape[1:] != in_dist.shape[1:]:
+        raise ConfigError(f"ood={name}: its data has the shape {list(data.shape[1:])}, the model's "
+                          f"{list(in_dist.shape[1:])}; use a set of the model's modality")
+    return _subset(data, cfg.ood_max_examples, cfg.seed)
 
 
 # ----------------------------------------------------------------------------- the scores
@@ -188,7 +193,7 @@ def detect(cfg: DictConfig, model: GenerativeModel, datamodule: Any, background:
     n = cfg.ood_max_examples
     reference = "train" if cfg.split == "val" else "val"  # estimates H, apart from the scored split
     in_dist = _subset(_images(datamodule.split_dataset(cfg.split)), n, cfg.seed)
-    sets = {name: ood_set(name, cfg, in_dist) for name in names}
+    sets = {name: ood_set(name, cfg, in_dist, model.vocab_size) for name in names}
     metrics: dict[str, float] = {}
     scores: dict[str, dict[str, np.ndarray]] = {"bpd": {}, "typicality": {}}
     with seeded(cfg.seed):

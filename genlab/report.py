@@ -1,12 +1,14 @@
-"""genlab-report: one table (Markdown and CSV) and plots for a sweep directory.
+"""genlab-report: a table (Markdown and CSV), plots and an HTML dashboard for runs and sweeps.
 
-    genlab-report outputs/train/multirun/<date>_<time>_<id> [--out DIR] [--metrics val/bpd ...]
+    genlab-report outputs/train/multirun/<date>_<time>_<id> [more sweeps or runs] [--out DIR]
 
-Reads every job directory of the sweep (a folder holding ``.hydra/``): its overrides, its config,
-``metrics.json`` (status, final and best values) and ``FAILED.json``, and the sweep's
-``INTERRUPTED.json`` (the jobs a signal kept from running). Works offline, on a sweep that is
-still running, on one whose files were cut short, and on Optuna sweeps (their
-``optimization_results.yaml``).
+Reads every job directory of the sweeps (a folder holding ``.hydra/``), or the one run given:
+its overrides, its config, ``metrics.json`` (status, final and best values), ``history.json``
+(learning curves; the CSV logger's ``metrics.csv`` for runs without one), its newest samples and
+``FAILED.json``, and each sweep's ``INTERRUPTED.json`` (the jobs a signal kept from running).
+Works offline, on a sweep that is still running, on one whose files were cut short, and on
+Optuna sweeps (their ``optimization_results.yaml``). The dashboard (``dashboard/index.html``)
+is one folder holding copies of everything it shows: open it from disk or copy it anywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import csv
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +59,9 @@ class Job:
     best: dict[str, float] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)
     error: Optional[str] = None
+    path: Optional[Path] = None  # the run directory (None for a job that never ran)
+    #: one row per training epoch, validation and test: {"step": ..., "epoch": ..., metric: value}
+    history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def objective_value(self) -> Optional[float]:
@@ -135,6 +143,8 @@ def read_job(path: Path, sweep_dir: Path) -> Job:
         objective=_select(config, "objective"),
         objective_mode=_select(config, "objective_mode") or "min",
         model=_select(_load_yaml(path / ".hydra" / "hydra.yaml", problems), "hydra.runtime.choices.model"),
+        path=path,
+        history=read_history(path, problems),
     )
     metrics = _read_json(path / "metrics.json", problems)
     if metrics is not None and not _valid_metrics(metrics):
@@ -156,6 +166,44 @@ def read_job(path: Path, sweep_dir: Path) -> Job:
         job.error = "; ".join([*problems, *([job.error] if job.error else []),
                                "the job was cut short or its files were damaged"])
     return job
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite number from a JSON or CSV value, else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def read_history(path: Path, problems: Optional[list[str]] = None) -> list[dict[str, float]]:
+    """A run's learning curves: the rows of its ``history.json`` (written by every genlab run),
+    else of the CSV logger's ``csv/**/metrics.csv``; numbers only, each row with a ``step``."""
+    if (path / "history.json").is_file():
+        try:
+            rows = json.loads((path / "history.json").read_text())
+        except (OSError, ValueError) as err:
+            rows = None
+            if problems is not None:
+                problems.append(f"history.json cannot be read ({_first_line(err)})")
+    else:
+        csv_files, rows = sorted(path.glob("csv/**/metrics.csv")), []
+        try:
+            if csv_files:
+                with csv_files[0].open(newline="") as file:
+                    rows = list(csv.DictReader(file))
+        except (OSError, csv.Error) as err:
+            rows = None
+            if problems is not None:
+                problems.append(f"{csv_files[0].name} cannot be read ({_first_line(err)})")
+    history = []
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict):
+            numbers = {str(k): v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None}
+            if "step" in numbers and len(numbers) > 1 + ("epoch" in numbers):
+                history.append(numbers)
+    return history
 
 
 def planned_jobs(sweep_dir: Path) -> Optional[list[list[str]]]:
@@ -213,7 +261,7 @@ def read_sweep(sweep_dir: Path) -> list[Job]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise NotASweep(f"{sweep_dir} is not a directory; pass a sweep directory, "
-                        "e.g. outputs/train/multirun/<date>_<time>_<id>")
+                        "e.g. outputs/train/multirun/<date>_<time>_<id>, or a run directory")
     if (sweep_dir / ".hydra").is_dir():
         raise NotASweep(f"{sweep_dir} is the directory of one run (it holds .hydra/), not a sweep directory; "
                         f"pass the sweep directory that holds the job directories (for a job of a sweep: "
@@ -221,11 +269,32 @@ def read_sweep(sweep_dir: Path) -> list[Job]:
     job_dirs = sorted({p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()},
                       key=lambda p: _natural_key(str(p.relative_to(sweep_dir))))
     if not job_dirs and not (sweep_dir / "multirun.yaml").is_file():
-        raise NotASweep(f"{sweep_dir} is not a sweep directory: it holds no job directories (folders with "
-                        ".hydra/) and no multirun.yaml. Sweeps are written by `genlab-train -m ...` under "
-                        "<paths.log_dir>/<task>/multirun/.")
+        raise NotASweep(f"{sweep_dir} is not a sweep or run directory: it holds no job directories (folders "
+                        "with .hydra/) and no multirun.yaml. Sweeps are written by `genlab-train -m ...` under "
+                        "<paths.log_dir>/<task>/multirun/, single runs under <paths.log_dir>/<task>/.")
     jobs = [read_job(path, sweep_dir) for path in job_dirs]
     return jobs + _not_run_jobs(sweep_dir, jobs)
+
+
+def read_runs(paths: Sequence[Path]) -> list[Job]:
+    """The jobs of every path: a run directory (holding ``.hydra/``) is one job, a sweep
+    directory all of its own. With several paths, each job is named by its path from their
+    common folder (``sweep-a/3``)."""
+    paths = [Path(p) for p in paths]
+    found = []
+    for path in paths:
+        is_run = (path / ".hydra").is_dir()
+        found.append((path, [read_job(path, path.parent)] if is_run else read_sweep(path), is_run))
+    if len(paths) == 1:
+        return found[0][1]
+    common = Path(os.path.commonpath([p.resolve() for p in paths]))
+    jobs = []
+    for path, listed, is_run in found:
+        label = path.resolve().relative_to(common).as_posix() if path.resolve() != common else path.name
+        for job in listed:
+            job.name = label if is_run else f"{label}/{job.name}"
+            jobs.append(job)
+    return jobs
 
 
 def differing_overrides(jobs: Sequence[Job]) -> list[str]:
@@ -289,15 +358,71 @@ def summary(jobs: Sequence[Job]) -> str:
     return f"{len(jobs)} job{'s' * (len(jobs) != 1)}" + (f": {parts}" if parts else "")
 
 
-def _to_float(value: Optional[str]) -> Optional[float]:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+# ----- runs that differ only by their seed ------------------------------------------------------
+
+#: the override that names a run's seed: runs that differ only by it are repeats of one setting
+SEED = "seed"
+
+
+@dataclass
+class SeedGroup:
+    """Completed runs that differ only by their seed, with mean and sd over them."""
+
+    model: Optional[str]
+    overrides: dict[str, str]  # the overrides they share (the seed left out)
+    jobs: list[Job]
+
+
+
+def mean_sd(values: Sequence[Optional[float]]) -> Optional[tuple[float, float, int]]:
+    """(mean, sample standard deviation (n - 1), n) of the values measured; None under two."""
+    measured = [v for v in values if v is not None and math.isfinite(v)]
+    if len(measured) < 2:
+        return None
+    return statistics.mean(measured), statistics.stdev(measured), len(measured)
+
+
+def seed_groups(jobs: Sequence[Job]) -> list[SeedGroup]:
+    """The groups of two or more completed runs whose model and overrides are the same but for
+    the seed, in the order of their first run."""
+    groups: dict[tuple, SeedGroup] = {}
+    for job in jobs:
+        if job.status != "completed" or SEED not in job.overrides:
+            continue
+        shared = {k: v for k, v in job.overrides.items() if k not in (SEED, "model")}
+        key = (job.model, tuple(sorted(shared.items())))
+        groups.setdefault(key, SeedGroup(job.model, shared, [])).jobs.append(job)
+    return [g for g in groups.values() if len({job.overrides[SEED] for job in g.jobs}) > 1]
+
+
+def seed_table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the seed aggregate: model, shared overrides that differ between the
+    groups, seeds, then ``mean +- sd`` of the objective value and of each metric (final)."""
+    groups = seed_groups(jobs)
+    keys = list(dict.fromkeys(k for g in groups for k in g.overrides))
+    keys = [k for k in keys if len({g.overrides.get(k) for g in groups}) > 1]  # what tells the groups apart
+    header = ["model", *keys, "seeds", "objective value", *metrics]
+    rows = []
+    for group in groups:
+        cells = [mean_sd([job.objective_value for job in group.jobs]),
+                 *(mean_sd([job.final.get(m) for job in group.jobs]) for m in metrics)]
+        seeds = ",".join(sorted((job.overrides[SEED] for job in group.jobs), key=_natural_key))
+        rows.append([group.model, *(group.overrides.get(k) for k in keys), seeds, *cells])
+    return header, rows
+
+
+def _mean_sd(cell: Any, md: bool) -> Any:
+    if isinstance(cell, tuple):
+        mean, sd, _ = cell
+        return f"{mean:.4g} ± {sd:.2g}" if md else f"{mean!r} ± {sd!r}"
+    return cell
+
+
+# ----- plots --------------------------------------------------------------------------------------
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -309,61 +434,151 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def model_colors(jobs: Sequence[Job]) -> dict[Optional[str], Any]:
+    """One colour per model, the same in every plot."""
+    import matplotlib
+
+    models = sorted({job.model or "?" for job in jobs})
+    palette = matplotlib.colormaps["tab10"]
+    return {model: palette(num % 10) for num, model in enumerate(models)}
+
+
+def _categorical(values: Sequence[Optional[str]], key: str) -> bool:
+    """Draw an override on a categorical axis unless its values are numbers with a fraction (a
+    learning rate, a beta): seeds, sizes and names are categories."""
+    numbers = [_number(v) for v in values]
+    return key == SEED or any(x is None for x in numbers) or all(float(x).is_integer() for x in numbers)
+
+
 def plot_objective(jobs: Sequence[Job], out: Path) -> list[Path]:
-    """One PNG per swept override: the objective of each job against its value of the override."""
+    """One PNG per swept override (and objective, where jobs have different ones): the objective
+    of each job against its value of the override, coloured by model; where seeds repeat a
+    setting, their mean with +- one standard deviation."""
     import matplotlib.pyplot as plt
 
     scored = [job for job in jobs if job.objective_value is not None and math.isfinite(job.objective_value)]
+    objectives = list(dict.fromkeys(job.objective for job in scored))
+    colors = model_colors(jobs)
     paths = []
-    for key in differing_overrides(jobs):
-        points = [(job.overrides.get(key), job.objective_value) for job in scored]
-        if not points:
+    for objective, key in [(o, k) for o in objectives for k in differing_overrides(jobs)]:
+        mine = [job for job in scored if job.objective == objective and key in job.overrides]
+        values = [job.overrides[key] for job in mine]
+        if len(set(values)) < 2:  # e.g. an override that only one of several sweeps has
             continue
-        numbers = [_to_float(x) for x, _ in points]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        if all(x is not None for x in numbers):
-            ax.scatter(numbers, [y for _, y in points])
-            if min(numbers) > 0 and max(numbers) >= 10 * min(numbers):  # e.g. a learning rate
-                ax.set_xscale("log")
-        else:
-            labels = sorted({str(x) for x, _ in points}, key=_natural_key)
-            ax.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points])
+        categorical = _categorical(values, key)
+        labels = sorted(set(values), key=_natural_key)
+        position = {v: num if categorical else _number(v) for num, v in enumerate(labels)}
+        models = sorted({job.model or "?" for job in mine})
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for num, model in enumerate(models):
+            offset = (num - (len(models) - 1) / 2) * 0.08 if categorical else 0.0  # side by side
+            by_value = {v: [job.objective_value for job in mine if (job.model or "?") == model
+                            and job.overrides[key] == v] for v in labels}
+            points = [(position[v] + offset, y) for v, ys in by_value.items() for y in ys]
+            ax.scatter(*zip(*points), color=colors[model], alpha=0.4, s=16)
+            means = [(position[v] + offset, statistics.mean(ys), statistics.stdev(ys) if len(ys) > 1 else 0.0)
+                     for v, ys in by_value.items() if ys]
+            ax.errorbar(*zip(*[(x, m) for x, m, _ in means]), yerr=[sd for _, _, sd in means],
+                        fmt="o" if categorical else "o-", color=colors[model], capsize=3, label=model)
+        if categorical:
             ax.set_xticks(range(len(labels)), labels)
-        objective = scored[0].objective
-        ax.set(xlabel=key, ylabel=f"{objective} (best)", title=f"{objective} by {key}")
-        paths.append(_save(fig, out / f"objective_by_{_safe_name(key)}.png"))
+        elif min(position.values()) > 0 and max(position.values()) >= 10 * min(position.values()):
+            ax.set_xscale("log")  # e.g. a learning rate
+        ax.set(xlabel=key, ylabel=f"{objective} (best)", title=f"{objective} by {key} (mean ± sd over seeds)")
+        ax.legend(title="model", fontsize="small")
+        name = f"{'objective' if len(objectives) == 1 else _safe_name(objective)}_by_{_safe_name(key)}"
+        paths.append(_save(fig, out / f"{name}.png"))
     return paths
 
 
-def fid_bpd_points(jobs: Sequence[Job]) -> dict[str, list[tuple[str, float, float]]]:
-    """(model, bits/dim, FID) per job that measured both (test split, else val), by FID
-    extractor: FIDs of different extractors are not comparable."""
+def curve_metrics(jobs: Sequence[Job]) -> list[str]:
+    """The metrics drawn as learning curves: each objective and the training loss, where some
+    run's history measured them at two or more points."""
+    wanted = [*dict.fromkeys(job.objective for job in jobs if job.objective), "train/loss"]
+    return [m for m in wanted if any(sum(m in row for row in job.history) > 1 for job in jobs)]
+
+
+def plot_curves(jobs: Sequence[Job], out: Path) -> list[Path]:
+    """One PNG per curve metric: its value against the training step, one line per run,
+    coloured by model."""
+    import matplotlib.pyplot as plt
+
+    colors = model_colors(jobs)
+    paths = []
+    for metric in curve_metrics(jobs):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for job in jobs:
+            points = [(row["step"], row[metric]) for row in job.history if metric in row]
+            if points:
+                ax.plot(*zip(*points), marker="." if len(points) < 30 else None, color=colors[job.model or "?"],
+                        label=f"{job.model or '?'}: {job.name}" if len(jobs) <= 12 else None, alpha=0.8)
+        ax.set(xlabel="training step", ylabel=metric, title=f"{metric} while training")
+        if len(jobs) > 12:  # too many runs to name: the colours say the model
+            for model, color in colors.items():
+                ax.plot([], [], color=color, label=model)
+        ax.legend(fontsize="x-small")
+        paths.append(_save(fig, out / f"curve_{_safe_name(metric)}.png"))
+    return paths
+
+
+def pair_points(jobs: Sequence[Job], x: str, y: str) -> dict[str, list[tuple[str, float, float]]]:
+    """(model, x, y) per job that measured both (test split, else val), by feature extractor:
+    ``x`` and ``y`` are metric names without the split, where ``{ext}`` stands for the extractor
+    (``bpd`` and ``fid_{ext}``; ``precision_{ext}`` and ``recall_{ext}``). Values of different
+    extractors are not comparable."""
     by_extractor: dict[str, list[tuple[str, float, float]]] = {}
     for job in jobs:
         for split in ("test", "val"):
-            bpd = job.final.get(f"{split}/bpd")
-            fids = {name.split("/fid_", 1)[1]: value for name, value in job.final.items()
-                    if name.startswith(f"{split}/fid_")}
-            if bpd is not None and fids:
-                for extractor, fid in fids.items():
-                    by_extractor.setdefault(extractor, []).append((job.model or "?", bpd, fid))
+            xs, ys = _by_extractor(job.final, f"{split}/{x}"), _by_extractor(job.final, f"{split}/{y}")
+            common = [ext for ext in ys if ext in xs or "" in xs]
+            if common:
+                for ext in common:
+                    by_extractor.setdefault(ext, []).append((job.model or "?", xs.get(ext, xs.get("")), ys[ext]))
                 break
     return by_extractor
 
 
-def plot_fid_vs_bpd(jobs: Sequence[Job], out: Path) -> list[Path]:
-    """One PNG per FID extractor: FID against bits/dim, one point per job, coloured by model."""
+def _by_extractor(values: dict[str, float], pattern: str) -> dict[str, float]:
+    """The values whose name fits ``pattern`` (``{ext}`` standing for any extractor name), by
+    extractor ("" for a pattern without one)."""
+    regex = re.escape(pattern).replace(re.escape("{ext}"), "(?P<ext>.+)")
+    found = {}
+    for name, value in values.items():
+        match = re.fullmatch(regex, name)
+        if match:
+            found[match.groupdict().get("ext") or ""] = value
+    return found
+
+
+def fid_bpd_points(jobs: Sequence[Job]) -> dict[str, list[tuple[str, float, float]]]:
+    """(model, bits/dim, FID) per job that measured both (test split, else val), by extractor."""
+    return pair_points(jobs, "bpd", "fid_{ext}")
+
+
+#: the family comparison plots: (x, y, axis labels, title, file name), names as for pair_points
+COMPARISONS = [
+    ("bpd", "fid_{ext}", "bits/dim (test, else val)", "FID ({ext})", "FID against bits/dim", "fid_{ext}_vs_bpd"),
+    ("precision_{ext}", "recall_{ext}", "precision ({ext})", "recall ({ext})", "recall against precision",
+     "precision_recall_{ext}"),
+]
+
+
+def plot_comparisons(jobs: Sequence[Job], out: Path) -> list[Path]:
+    """The family comparison plots, one PNG per feature extractor, one point per job, coloured
+    by model: FID against bits/dim, and recall against precision where they were measured."""
     import matplotlib.pyplot as plt
 
-    by_extractor = fid_bpd_points(jobs)
+    colors = model_colors(jobs)
     paths = []
-    for extractor, points in sorted(by_extractor.items()):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for model in sorted({m for m, _, _ in points}):
-            ax.scatter([b for m, b, _ in points if m == model], [f for m, _, f in points if m == model], label=model)
-        ax.set(xlabel="bits/dim (test, else val)", ylabel=f"FID ({extractor})", title="FID against bits/dim")
-        ax.legend(title="model")
-        paths.append(_save(fig, out / f"fid_{_safe_name(extractor)}_vs_bpd.png"))
+    for x, y, xlabel, ylabel, title, name in COMPARISONS:
+        for extractor, points in sorted(pair_points(jobs, x, y).items()):
+            fig, ax = plt.subplots(figsize=(5.5, 3.5))
+            for model in sorted({m for m, _, _ in points}):
+                ax.scatter([a for m, a, _ in points if m == model], [b for m, _, b in points if m == model],
+                           color=colors[model], label=model)
+            ax.set(xlabel=xlabel.format(ext=extractor), ylabel=ylabel.format(ext=extractor), title=title)
+            ax.legend(title="model", fontsize="small")
+            paths.append(_save(fig, out / f"{_safe_name(name.format(ext=extractor))}.png"))
     return paths
 
 
@@ -371,7 +586,8 @@ def _fmt(value: Any, md: bool, width: int = 100) -> str:
     """A table cell: full precision in CSV; 4 significant digits and one short line in Markdown."""
     if value is None:
         return ""
-    if md and isinstance(value, str) and len(value) > 8 and _to_float(value) is not None:
+    value = _mean_sd(value, md)
+    if md and isinstance(value, str) and len(value) > 8 and _number(value) is not None:
         value = float(value)  # an override such as lr=0.0020272731701527604
     if isinstance(value, float):
         return f"{value:.4g}" if md else repr(value)
@@ -389,6 +605,11 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer.writerows([[_fmt(v, md=False) for v in row] for row in rows])
 
 
+def _markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_fmt(v, md=True) for v in row) + " |" for row in rows)]
+
+
 def _optuna_lines(sweep_dir: Path, jobs: Sequence[Job]) -> list[str]:
     results = _load_yaml(sweep_dir / "optimization_results.yaml")
     if results is None or "best_value" not in results:
@@ -400,41 +621,153 @@ def _optuna_lines(sweep_dir: Path, jobs: Sequence[Job]) -> list[str]:
             f"{', '.join(f'{k}={v}' for k, v in params.items())}{where}."]
 
 
-def write_report(sweep_dir: Path, out: Optional[Path] = None, metrics: Optional[Sequence[str]] = None) -> Path:
-    """report.md, report.csv and the plots for a sweep; returns the Markdown file."""
+@dataclass
+class Report:
+    """What genlab-report found and made, for the Markdown file and the dashboard."""
+
+    title: str
+    paths: list[Path]
+    jobs: list[Job]
+    header: list[str]
+    rows: list[list[Any]]
+    seed_header: list[str]
+    seed_rows: list[list[Any]]
+    notes: list[str]
+    plots: list[Path]
+
+
+def write_report(paths: Path | Sequence[Path], out: Optional[Path] = None,
+                 metrics: Optional[Sequence[str]] = None) -> Path:
+    """report.md, report.csv, the plots and the dashboard (``dashboard/index.html``) for one run,
+    a sweep or several of either; returns the Markdown file. ``out`` defaults to the one path
+    given (it is needed for several)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    sweep_dir = Path(sweep_dir)
-    jobs = read_sweep(sweep_dir)
-    out = Path(out) if out is not None else sweep_dir
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if out is None and len(paths) > 1:
+        raise NotASweep(f"{len(paths)} directories given and no --out: pass --out DIR, the folder for the report")
+    jobs = read_runs(paths)
+    out = Path(out) if out is not None else paths[0]
+    _check_dashboard_folder(out / "dashboard")
     out.mkdir(parents=True, exist_ok=True)
     objectives = list(dict.fromkeys(job.objective for job in jobs if job.objective))
     chosen = [m for m in (metrics or default_metrics(jobs)) if m not in objectives]
     header, rows = table(jobs, [*objectives, *chosen])
     write_csv(out / "report.csv", header, rows)
-    plots = plot_objective(jobs, out) + plot_fid_vs_bpd(jobs, out)
+    seed_header, seed_rows = seed_table(jobs, [*objectives, *chosen])
+    if seed_rows:
+        write_csv(out / "report_seeds.csv", seed_header, seed_rows)
+    plots = plot_objective(jobs, out) + plot_curves(jobs, out) + plot_comparisons(jobs, out)
 
-    lines = [f"# Sweep {sweep_dir.name}", "", f"`{sweep_dir}`: {summary(jobs)}."]
+    notes = [f"{summary(jobs)}."]
     if objectives:
         modes = {job.objective_mode for job in jobs if job.objective}
-        lines.append(f"Objective (what genlab-train returns): best {', '.join(objectives)} ({'/'.join(sorted(modes))}).")
+        notes.append(f"Objective (what genlab-train returns): best {', '.join(objectives)} "
+                     f"({'/'.join(sorted(modes))}).")
     best = best_job(jobs)
     if best is not None:
-        lines.append(f"Best job: {best.name}, {best.objective} = {best.objective_value:.6g}.")
-    lines += _optuna_lines(sweep_dir, jobs)
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v, md=True) for v in row) + " |" for row in rows]
-    for status, title in NEEDS_ATTENTION.items():
+        notes.append(f"Best job: {best.name}, {best.objective} = {best.objective_value:.6g}.")
+    for path in paths:
+        notes += _optuna_lines(path, [job for job in jobs if job.path is None or path in job.path.parents])
+    title = (f"Run {paths[0].name}" if (paths[0] / ".hydra").is_dir() else f"Sweep {paths[0].name}") \
+        if len(paths) == 1 else f"{len(paths)} sweeps and runs"
+    report = Report(title, paths, jobs, header, rows, seed_header, seed_rows, notes, plots)
+
+    lines = [f"# {title}", "", f"`{', '.join(map(str, paths))}`: {notes[0]}", *notes[1:], "",
+             *_markdown_table(header, rows)]
+    if seed_rows:
+        lines += ["", "## Mean ± sd over seeds", "", *_markdown_table(seed_header, seed_rows)]
+    for status, heading in NEEDS_ATTENTION.items():
         listed = [job for job in jobs if job.status == status]
         if listed:
-            lines += ["", f"## {title}", ""]
+            lines += ["", f"## {heading}", ""]
             lines += [f"- {job.name}: {_fmt(job.error or 'see its log', md=True, width=1000)}" for job in listed]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in plots]
+    lines += ["", "Dashboard: [dashboard/index.html](dashboard/index.html)"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    write_dashboard(report, out / "dashboard")
     return path
+
+
+# ----- the HTML dashboard -------------------------------------------------------------------------
+
+
+def latest_samples(run_dir: Optional[Path]) -> tuple[Optional[Path], list[Path]]:
+    """A run's newest sample grid (``samples/*.png``) and newest sounds (up to 8 of
+    ``samples/**/*.wav``), newest by time written, then by name."""
+    if run_dir is None or not (run_dir / "samples").is_dir():
+        return None, []
+
+    def newest(files: list[Path]) -> list[Path]:
+        return sorted(files, key=lambda f: (f.stat().st_mtime_ns, _natural_key(f.name)))
+
+    grids = newest([f for f in (run_dir / "samples").glob("*.png") if f.is_file()])
+    sounds = newest([f for f in (run_dir / "samples").rglob("*.wav") if f.is_file()])[-8:]
+    return (grids[-1] if grids else None), sorted(sounds, key=lambda f: _natural_key(str(f)))
+
+
+def _sort_key(value: Any) -> str:
+    """What the table sorts a cell by: its number, else its text."""
+    value = value[0] if isinstance(value, tuple) else value
+    number = _number(value) if value is not None else None
+    return repr(number) if number is not None else ("" if value is None else str(value))
+
+
+#: in the dashboard's page: what marks a folder as one genlab-report may write over
+GENERATOR = '<meta name="generator" content="genlab-report">'
+
+
+def _check_dashboard_folder(folder: Path) -> None:
+    """Refuses to replace a folder that is not a dashboard genlab-report wrote."""
+    index = folder / "index.html"
+    if folder.exists() and not (index.is_file() and GENERATOR in index.read_text(errors="replace")[:2000]):
+        raise NotASweep(f"{folder} exists and is not a dashboard written by genlab-report; it is left as it is: "
+                        f"move it or pass another --out")
+
+
+def _copy(files: Sequence[Path], into: Path, folder: Path) -> list[str]:
+    """Copies ``files`` into ``into`` (numbered, in order); their addresses relative to ``folder``."""
+    from urllib.parse import quote
+
+    if files:
+        into.mkdir(parents=True, exist_ok=True)
+    return [quote(Path(shutil.copy2(f, into / f"{num:02d}_{f.name}")).relative_to(folder).as_posix())
+            for num, f in enumerate(files)]
+
+
+def write_dashboard(report: Report, folder: Path) -> Path:
+    """``folder/index.html`` and copies of the plots, sample grids and sounds it shows."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from markupsafe import Markup
+
+    _check_dashboard_folder(folder)
+    if folder.exists():
+        shutil.rmtree(folder)  # the dashboard of an earlier report, written again from scratch
+    folder.mkdir(parents=True)
+    runs = []
+    for num, job in enumerate(report.jobs):
+        grid, sounds = latest_samples(job.path)
+        media = folder / "runs" / f"{num:03d}_{_safe_name(job.name)}"
+        runs.append({"job": job, "grid": _copy([grid], media, folder)[0] if grid else None,
+                     "grid_name": grid.name if grid else None,
+                     "sounds": list(zip(_copy(sounds, media / "sounds", folder), (f.name for f in sounds)))})
+    with_model = "model" not in report.header  # the model column, unless an override names it already
+    columns = ["model"] * with_model + report.header
+    cells = [[(_fmt(job.model, md=True), _sort_key(job.model))] * with_model
+             + [(_fmt(v, md=True, width=300), _sort_key(v)) for v in row] for job, row in zip(report.jobs, report.rows)]
+    seed_cells = [[(_fmt(v, md=True), _sort_key(v)) for v in row] for row in report.seed_rows]
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    html = env.get_template("dashboard.html.j2").render(
+        generator=Markup(GENERATOR), report=report, columns=columns, cells=cells, seed_header=report.seed_header,
+        seed_cells=seed_cells, runs=runs,
+        plots=list(zip((p.name for p in report.plots), _copy(report.plots, folder / "plots", folder))))
+    index = folder / "index.html"
+    index.write_text(html, encoding="utf-8")
+    return index
 
 
 #: the statuses the report lists under a heading of their own, with the reason
@@ -465,18 +798,20 @@ class SweepSummary(Callback):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="genlab-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (outputs/<task>/multirun/<run>)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep directory)")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="DIR",
+                        help="sweep directories (outputs/<task>/multirun/<run>) or run directories, one or more")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write (default: the one directory given; needed for several)")
     parser.add_argument("--metrics", nargs="+", default=None,
                         help="metrics to show besides the objective (default: bits/dim and FID, val and test)")
     args = parser.parse_args(argv)
     try:
-        path = write_report(args.sweep_dir, args.out, args.metrics)
+        path = write_report(args.paths, args.out, args.metrics)
     except NotASweep as err:
         print(f"genlab-report: error: {err}", file=sys.stderr)
         return 2
-    jobs = read_sweep(args.sweep_dir)
-    print(f"{summary(jobs)}; wrote {path} and {path.with_suffix('.csv')}")
+    jobs = read_runs(args.paths)
+    print(f"{summary(jobs)}; wrote {path}, {path.with_suffix('.csv')} and {path.parent / 'dashboard' / 'index.html'}")
     for job in jobs:
         if job.status in NEEDS_ATTENTION or job.error:
             print(f"  {job.status}: {job.name}: {job.error or 'see its log'}")

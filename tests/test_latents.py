@@ -20,7 +20,7 @@ class LabelAlignedToy(GenerativeModel):
         return x.flatten(1).float()
 
     def decode_latent(self, z, y=None):
-        return z.round().clamp(0, 255).to(torch.uint8).view(len(z), *self.image_shape)
+        return z.round().clamp(0, 255).to(torch.uint8).view(len(z), *self.data_shape)
 
 
 def test_the_direction_is_the_difference_of_the_class_means():

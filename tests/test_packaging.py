@@ -20,6 +20,7 @@ def test_wheel_ships_every_config_and_uses_them(tmp_path):
     shipped = {p.relative_to(tmp_path / "site" / "genlab" / "conf") for p in
                (tmp_path / "site" / "genlab" / "conf").rglob("*.yaml")}
     assert shipped == {p.relative_to(REPO / "conf") for p in (REPO / "conf").rglob("*.yaml")}
+    assert (tmp_path / "site" / "genlab" / "templates" / "dashboard.html.j2").is_file()  # genlab-report's page
     code = ("import genlab.config as c; from hydra import compose, initialize_config_dir\n"
             "with initialize_config_dir(str(c.CONF_DIR), version_base='1.3'):\n"
             "    cfg = compose('train', overrides=['model=cvae'])\n"

@@ -94,6 +94,7 @@ def assert_same_result(run_dir: Path, reference: Path) -> None:
     assert metrics(run_dir)["best"] == metrics(reference)["best"]
     # Each step logged exactly once, with the same values as the uninterrupted run.
     assert history(run_dir) == history(reference)
+    assert (run_dir / "history.json").read_text() == (reference / "history.json").read_text()
 
 
 class Watched:
@@ -222,6 +223,7 @@ def assert_same_as(run_dir: Path, reference: Path) -> None:
     assert metrics(run_dir)["final"] == metrics(reference)["final"]
     assert metrics(run_dir)["best"] == metrics(reference)["best"]
     assert history(run_dir) == history(reference)
+    assert (run_dir / "history.json").read_text() == (reference / "history.json").read_text()
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

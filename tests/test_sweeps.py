@@ -62,7 +62,25 @@ def test_grid_sweep_runs_every_combination_with_one_wandb_group(tmp_path):
         assert row["status"] == "completed" and math.isfinite(float(row["test/fid_classifier (final)"]))
     assert "trainer.max_epochs" not in rows[0]  # the same in every job: not a column
     plots = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert plots == {"objective_by_model.png", "objective_by_seed.png", "fid_classifier_vs_bpd.png"}
+    # Curves of what was measured more than once: the training loss (every 10 steps), not val/bpd (one epoch).
+    assert plots == {"objective_by_model.png", "objective_by_seed.png", "fid_classifier_vs_bpd.png",
+                     "curve_train_loss.png"}
+    # Learning curves from each run's history.json: a validation row per epoch, the best as in metrics.json.
+    for job in jobs:
+        history = json.loads((job / "history.json").read_text())
+        validations = [row for row in history if "val/bpd" in row]
+        assert [row["epoch"] for row in validations] == [0]
+        assert min(row["val/bpd"] for row in validations) == json.loads((job / "metrics.json").read_text())["best"]["val/bpd"]
+        assert [row["step"] for row in history if "train/loss" in row] == [10, 20, 23]  # and the epoch's last
+        assert any("test/bpd" in row for row in history)
+    with (tmp_path / "report" / "report_seeds.csv").open() as f:
+        seeds = {r["model"]: r for r in csv.DictReader(f)}
+    for model in ("vae", "cvae"):
+        values = [float(r["objective value"]) for r in rows if r["model"] == model]
+        mean, sd = (float(v) for v in seeds[model]["objective value"].split(" ± "))
+        assert mean == pytest.approx(sum(values) / 2) and sd == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    html = (tmp_path / "report" / "dashboard" / "index.html").read_text()
+    assert html.count('<img src="runs/') == 4  # each job's newest sample grid
 
     # Each job has its own W&B run; all four share the group named after the sweep directory.
     groups = [wandb_run_groups(job) for job in jobs]
@@ -138,13 +156,13 @@ def test_optuna_sweep_returns_the_best_objective_and_records_every_trial(tmp_pat
 
 
 @pytest.mark.slow
-def test_report_command_refuses_a_run_directory(tmp_path):
-    (tmp_path / "run" / ".hydra").mkdir(parents=True)
-    result = subprocess.run([sys.executable, "-m", "genlab.report", str(tmp_path / "run")], capture_output=True,
+def test_report_command_refuses_a_folder_without_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, "-m", "genlab.report", str(tmp_path / "empty")], capture_output=True,
                             text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
-    assert "is the directory of one run" in result.stderr and "not a sweep directory" in result.stderr
-    assert not list(tmp_path.rglob("report.*"))
+    assert result.stderr.startswith("genlab-report: error:") and "is not a sweep or run directory" in result.stderr
+    assert not list(tmp_path.rglob("report.*")) and not list(tmp_path.rglob("dashboard"))
 
 
 # ----- the report on synthetic sweep directories -----------------------------------------------
@@ -271,9 +289,12 @@ def test_report_refuses_what_is_not_a_sweep(tmp_path, capsys):
     with pytest.raises(NotASweep, match="is not a directory"):
         read_sweep(tmp_path / "missing")
     (tmp_path / "sweep" / "3" / ".hydra").mkdir(parents=True)
-    assert report_main([str(tmp_path / "sweep" / "3")]) == 2
+    assert report_main([str(tmp_path / "sweep"), str(tmp_path / "empty")]) == 2  # several, and no --out
     err = capsys.readouterr().err
-    assert "genlab-report: error:" in err and str(tmp_path / "sweep") in err  # points at the sweep directory
+    assert err.startswith("genlab-report: error: 2 directories given and no --out: pass --out DIR")
+    assert report_main([str(tmp_path / "sweep"), str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path / 'empty'} is not a sweep or run directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 # ----- configs and the sweeper contract -----------------------------------------------------------

@@ -1,8 +1,9 @@
-"""What every run records: metrics.json (final and best values), its config in checkpoints, and
-``last.ckpt``, its newest state."""
+"""What every run records: metrics.json (final and best values), history.json (its learning
+curves), its config in checkpoints, and ``last.ckpt``, its newest state."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 import genlab
-from genlab.utils import atomic_write_json
+from genlab.utils import atomic_write_json, atomic_write_text
 
 HIGHER_IS_BETTER = {"acc", "accuracy", "isc", "is", "precision", "recall"}
 
@@ -25,7 +26,11 @@ def higher_is_better(name: str) -> bool:
 
 
 class RunRecorder(pl.Callback):
-    """Keeps the final and best value of every logged metric and writes ``metrics.json``.
+    """Keeps the final and best value of every logged metric and writes ``metrics.json``, and
+    the learning curves genlab-report draws, whatever the logger, in ``history.json``: a row of
+    training metrics every ``log_every_n_steps`` steps and at each epoch's last batch, and one
+    for each validation and test, each with its step and epoch. Rows are taken before any
+    checkpoint of the same moment is written, so a resumed run has the history it would have had.
 
     Also stores the resolved config in every checkpoint, which is what makes a checkpoint a
     genlab checkpoint that ``genlab-eval`` and ``genlab-sample`` can rebuild.
@@ -33,6 +38,8 @@ class RunRecorder(pl.Callback):
 
     def __init__(self, output_dir: str | Path, config: dict[str, Any]) -> None:
         self.path = Path(output_dir) / "metrics.json"
+        self.history_path = Path(output_dir) / "history.json"
+        self.history: list[dict[str, float]] = []
         self.config = config
         self.final: dict[str, float] = {}
         self.best: dict[str, float] = {}
@@ -44,7 +51,8 @@ class RunRecorder(pl.Callback):
         #: a resumed run carries the history of its checkpoint on; a new run (ckpt_path=) does not
         self.carry_history = True
 
-    def _collect(self, trainer: pl.Trainer) -> None:
+    def _collect(self, trainer: pl.Trainer, stage: Optional[str] = None) -> None:
+        """Final and best values, and (for ``stage`` val or test) a row of that split's metrics."""
         if trainer.sanity_checking:
             return
         for name, value in trainer.callback_metrics.items():
@@ -55,7 +63,27 @@ class RunRecorder(pl.Callback):
             old = self.best.get(name)
             better = max if self._higher_is_better(name) else min
             self.best[name] = value if old is None else better(old, value)
+        if stage is not None:
+            self._add_row(trainer, stage)
         self.write()
+
+    def _add_row(self, trainer: pl.Trainer, stage: str) -> None:
+        """A history row of the metrics of ``stage`` (train: all but val/ and test/, which keep
+        their last values in callback_metrics)."""
+        row = {}
+        for name, value in trainer.callback_metrics.items():
+            split = name.split("/", 1)[0] if name.startswith(("val/", "test/")) else "train"
+            if split == stage and math.isfinite(float(value)):
+                row[name] = float(value)
+        if row:
+            self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, **row})
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        logging_step = step % trainer.log_every_n_steps == 0 or trainer.is_last_batch
+        if logging_step and not (self.history and self.history[-1]["step"] == step):  # once (accumulation)
+            self._add_row(trainer, "train")
 
     def _higher_is_better(self, name: str) -> bool:
         if name == self.config.get("objective"):  # the config says which way its objective goes
@@ -67,6 +95,8 @@ class RunRecorder(pl.Callback):
         data: dict[str, Any] = {"status": self.status, **self.status_details, "final": self.final, "best": self.best}
         if self.not_applicable:
             data["not_applicable"] = self.not_applicable
+        rows = ",\n".join(json.dumps(row, sort_keys=True) for row in self.history)  # a row a line: it grows long
+        atomic_write_text(self.history_path, f"[\n{rows}\n]\n" if rows else "[]\n")
         atomic_write_json(self.path, data)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -77,10 +107,10 @@ class RunRecorder(pl.Callback):
         self._collect(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect(trainer)
+        self._collect(trainer, "val")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._collect(trainer)
+        self._collect(trainer, "test")
 
     def finish(self, status: str = "completed", **details: Any) -> None:
         self.status, self.status_details = status, details
@@ -93,7 +123,7 @@ class RunRecorder(pl.Callback):
             "version": genlab.__version__,
             "family": pl_module.family,
             "config": self.config,
-            "metrics": {"final": dict(self.final), "best": dict(self.best)},
+            "metrics": {"final": dict(self.final), "best": dict(self.best), "history": list(self.history)},
         }
 
     def on_load_checkpoint(
@@ -104,6 +134,7 @@ class RunRecorder(pl.Callback):
         if metrics and trainer.state.fn == "fit" and self.carry_history:
             self.final.update(metrics["final"])
             self.best.update(metrics["best"])
+            self.history = list(metrics.get("history", []))
 
 
 class LastCheckpoint(ModelCheckpoint):
