@@ -58,6 +58,16 @@ def _check_saved_config(config: dict[str, Any], named: str, path: Path) -> None:
     check_targets(saved, f"the config saved in the checkpoint {path}")
 
 
+def saved_config(checkpoint: dict[str, Any]) -> DictConfig:
+    """The config of the run that wrote a checkpoint, in this version's keys."""
+    trained = OmegaConf.create(checkpoint["genlab"].get("config", {}))
+    model = trained.get("model")
+    if model is not None and "image_shape" in model and "data_shape" not in model:
+        with open_dict(model):  # written before issue 12, when models took image_shape
+            model.data_shape = model.pop("image_shape")
+    return trained
+
+
 def with_trained_run(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
     """This command's config completed from the run that wrote the checkpoint.
 
@@ -66,11 +76,7 @@ def with_trained_run(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
     option replaces it (``sampler=prior``). The run's whole config is kept under ``trained``
     (the eval metrics default to what the run measured: ``conf/callbacks/eval.yaml``).
     """
-    trained = OmegaConf.create(checkpoint["genlab"].get("config", {}))
-    model = trained.get("model")
-    if model is not None and "image_shape" in model and "data_shape" not in model:
-        with open_dict(model):  # written before issue 12, when models took image_shape
-            model.data_shape = model.pop("image_shape")
+    trained = saved_config(checkpoint)
     with open_dict(cfg):
         cfg.trained = trained
         for key in ("model", "dataset", "sampler"):

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks.run import RunRecorder
-from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
+from genlab.checkpoint import load_model, read_checkpoint, saved_config, with_trained_run
 from genlab.cli import run_cli
 from genlab.config import build_sampler, check_config, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main
@@ -57,7 +57,7 @@ def detect_ood(cfg: DictConfig, model: GenerativeModel, datamodule: Any, output_
     background = None
     if cfg.get("ood_background"):
         stored = read_checkpoint(cfg.ood_background, key="ood_background")
-        background = load_model(stored, OmegaConf.create(stored["genlab"].get("config", {}).get("model") or {}),
+        background = load_model(stored, saved_config(stored).get("model") or OmegaConf.create({}),
                                 f"ood_background={cfg.ood_background}").to(model.device)
         if background.likelihood is None or background.data_shape != model.data_shape:
             raise ConfigError(
