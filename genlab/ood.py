@@ -215,7 +215,7 @@ def detect(cfg: DictConfig, model: GenerativeModel, datamodule: Any, background:
         for score, by_set in scores.items():
             for metric, value in detection_metrics(by_set[cfg.split], by_set[name]).items():
                 metrics[f"ood/{_key(name)}/{score}_{metric}"] = value
-    save_histograms({score: {("in: " if k == cfg.split else "") + k: v for k, v in by_set.items()}
+    save_histograms({score: {("in: " if k == cfg.split else "") + _key(k): v for k, v in by_set.items()}
                      for score, by_set in scores.items()}, output_dir)
     for name in names:
         log.info("OOD %s vs %s: AUROC bits/dim %.3f, typicality %.3f%s", name, cfg.split,
