@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from genlab.cluster import data_workers, precision_for, rank_log_file, srun_environment
 from genlab.config import CONF_DIR
 from genlab.evaluate import evaluate
-from hydra_plugins.genlab_launcher import sbatch_script
+from hydra_plugins.genlab_launcher import SlurmLauncher, sbatch_script
 
 from conftest import compose_cfg
 
-# 2 nodes x 2 tasks on the CPU; three epochs of 4 steps, so that a kill after the first
+# 2 nodes x 2 tasks on the CPU; two epochs of 4 steps, so that a kill after the first
 # checkpoint leaves training to resume
 JOB = ["hardware=slurm", "hardware.nodes=2", "hardware.gpus_per_node=2", "trainer.accelerator=cpu",
-       "trainer.precision=32-true", "trainer.max_epochs=3", "trainer.limit_train_batches=4",
+       "trainer.precision=32-true", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
        "trainer.check_val_every_n_epoch=1", "callbacks.fid.num_samples=200", "logger=csv",
        "trainer.enable_progress_bar=false"]
 # every scheduler knob, and the sbatch line each must give
@@ -67,6 +67,8 @@ def test_the_sbatch_script_has_a_directive_for_every_knob(tmp_path):
         assert directive in script, directive
     assert "srun --unbuffered" in script and "submitit.core._submit" in script
     assert (cfg.trainer.num_nodes, cfg.trainer.devices) == (2, 2)
+    shared = SlurmLauncher(**{k: v for k, v in params.items() if k != "_target_"} | {"exclusive": False})
+    assert "--exclusive" not in sbatch_script(shared.params)  # not --exclusive=False
 
 
 def test_hardware_slurm_composes_with_the_local_submitit_launcher(tmp_path):

@@ -58,6 +58,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def __init__(self, dry_run: bool = False, **params: Any) -> None:
         super().__init__(**params)
         self.dry_run = dry_run
+        if self.params.get("exclusive") is False:  # submitit would write --exclusive=False
+            self.params["exclusive"] = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         if not self.dry_run:
