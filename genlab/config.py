@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.checks import check_optimizers, check_trainer
+from genlab.cluster import best_precision, data_workers, rank_log_file
 from genlab.errors import ConfigError, GenlabError
 from genlab.lock import hydra_subdir
 from genlab.trust import check_targets
@@ -37,12 +38,6 @@ CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve
 # One id per process: it is the same every time the run directory is resolved in this
 # process, and differs between two runs started in the same second.
 _RUN_ID = f"{os.getpid()}{secrets.token_hex(2)}"
-
-
-def _best_precision() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def wandb_offline() -> bool:
@@ -83,7 +78,9 @@ def optuna_direction(objective_mode: str) -> str:
 def register_resolvers() -> None:
     for name, fn in {
         "genlab.run_id": lambda: _RUN_ID,
-        "genlab.best_precision": _best_precision,
+        "genlab.best_precision": best_precision,
+        "genlab.data_workers": data_workers,
+        "genlab.rank_log_file": rank_log_file,
         "genlab.wandb_offline": wandb_offline,
         "genlab.default_fid_extractor": _default_fid_extractor,
         "genlab.sweep_group": sweep_group,
