@@ -235,10 +235,12 @@ def differing_overrides(jobs: Sequence[Job]) -> list[str]:
 
 
 def default_metrics(jobs: Sequence[Job]) -> list[str]:
-    """The main metrics present: bits/dim and every FID, validation then test."""
+    """The main metrics present: bits/dim (with its standard error; a conditional model's given
+    the label too) and every FID (with its reference size and noise floor), validation then test."""
     present = {name for job in jobs for name in (*job.final, *job.best)}
     fids = sorted(name.split("/", 1)[1] for name in present if re.match(r"(val|test)/fid_", name))
-    wanted = [f"{split}/{name}" for split in ("val", "test") for name in ("bpd", *dict.fromkeys(fids))]
+    bpds = ("bpd", "bpd_stderr", "bpd_conditional", "bpd_conditional_stderr")
+    wanted = [f"{split}/{name}" for split in ("val", "test") for name in (*bpds, *dict.fromkeys(fids))]
     return [name for name in wanted if name in present or any(_not_applicable(job, name) for job in jobs)]
 
 
