@@ -345,7 +345,7 @@ def fid_bpd_points(jobs: Sequence[Job]) -> dict[str, list[tuple[str, float, floa
         for split in ("test", "val"):
             bpd = job.final.get(f"{split}/bpd")
             fids = {name.split("/fid_", 1)[1]: value for name, value in job.final.items()
-                    if name.startswith(f"{split}/fid_")}
+                    if name.startswith(f"{split}/fid_") and not name.endswith(("_floor", "_ref_size"))}
             if bpd is not None and fids:
                 for extractor, fid in fids.items():
                     by_extractor.setdefault(extractor, []).append((job.model or "?", bpd, fid))

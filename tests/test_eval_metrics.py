@@ -71,3 +71,14 @@ def test_an_unconditional_model_logs_no_conditional_bits():
     assert set(BitsPerDim().measure(NoisyBits(1.0), dataset(5))) == {"bpd", "bpd_stderr"}
     assert BitsPerDim().metric_names(NoisyBits(num_classes=2, conditional=True)) == [
         "val/bpd", "val/bpd_stderr", "val/bpd_conditional", "val/bpd_conditional_stderr"]
+
+
+def test_grey_labelled_datasets_default_to_the_offline_classifier_extractor():
+    from conftest import compose_cfg
+
+    for experiment, extractor in (("flow_glow_mnist", "classifier"), ("ddpm_mnist", "classifier"),
+                                  ("ddpm_cifar10", "inception")):
+        cfg = compose_cfg(overrides=[f"experiment={experiment}"])
+        assert cfg.callbacks.fid.extractor == extractor, experiment
+    cfg = compose_cfg(overrides=["dataset=fashion_mnist"])
+    assert cfg.callbacks.fid.extractor == "classifier"
