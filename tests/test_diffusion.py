@@ -153,7 +153,7 @@ def test_samplers_return_8bit_images_and_refuse_other_families():
     class Other(GenerativeModel):
         family = "vae"
 
-    assert compatible_samplers("diffusion") == ["ddim", "ddpm"]
+    assert compatible_samplers("diffusion") == ["ddim", "ddpm", "dpm_solver"]
     with pytest.raises(ConfigError, match=r"serves the families \['diffusion'\].*sampler=prior"):
         DDIMSampler().check(Other((1, 8, 8)), compatible_samplers("vae"))
     with pytest.raises(ConfigError, match="sampler.steps=30 is more than the model's T=10"):
@@ -269,3 +269,40 @@ def test_cifar10_config_is_the_papers_35_7m_parameter_unet():
     net = UNet(3, 32, m.channels, m.channel_mult, m.num_res_blocks, m.attention_resolutions, m.dropout,
                scale_shift_norm=m.scale_shift_norm)
     assert sum(p.numel() for p in net.parameters()) == 35_746_307  # Ho et al.: 35.7M
+
+
+def test_dpm_solver_follows_the_papers_algorithm_2_on_the_same_model_and_noise():
+    import numpy as np
+
+    from genlab.samplers.dpm_solver import DPMSolverSampler
+
+    model = tiny_ddpm(timesteps=100)
+    torch.manual_seed(3)
+    x_T = torch.randn(4, 1, 8, 8)
+    steps = 8
+    got = DPMSolverSampler(steps=steps, clip_x0=False).solve(model, x_T.clone())
+    # Lu et al. (2022), Algorithm 2 (DPM-Solver++(2M)), written out in the paper's notation on
+    # diffusers' "linspace" timesteps, with a first-order last step onto sigma = 0
+    ts = np.linspace(0, 99, steps + 1).round()[::-1][:-1].astype(int)
+    abar = model.alphas_bar.numpy()
+    alpha, sigma = np.sqrt(abar[ts]), np.sqrt(1 - abar[ts])
+    lam = np.log(alpha / sigma)
+
+    def x_theta(x, i):
+        return model.denoise(x.float(), torch.full((4,), int(ts[i])))[1].double()
+
+    x, m = x_T.double(), []
+    for i in range(steps):
+        m.append(x_theta(x, i))
+        if i == steps - 1:
+            x = m[-1]
+            break
+        h = lam[i + 1] - lam[i]
+        if i == 0:
+            D = m[-1]
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            D = (1 + 1 / (2 * r)) * m[-1] - 1 / (2 * r) * m[-2]
+        x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * (np.exp(-h) - 1) * D
+    assert torch.allclose(got.double(), x, atol=1e-4)
+    assert not torch.allclose(got, DPMSolverSampler(steps=steps, order=1, clip_x0=False).solve(model, x_T), atol=1e-3)
