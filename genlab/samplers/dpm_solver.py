@@ -41,11 +41,7 @@ class DPMSolverSampler(DiffusionSampler):
 
     def timesteps(self, model: GenerativeModel) -> list[int]:
         """The timestep indices where the network is evaluated, from T-1 down."""
-        if self.steps > model.timesteps:
-            raise ConfigError(
-                f"sampler.steps={self.steps} is more than the model's T={model.timesteps} timesteps; "
-                f"use sampler.steps <= {model.timesteps}"
-            )
+        self._check_steps(model)
         T = model.timesteps
         return [round((T - 1) * j / self.steps) for j in range(self.steps, 0, -1)]
 
