@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -40,6 +39,8 @@ _RUN_ID = f"{os.getpid()}{secrets.token_hex(2)}"
 
 
 def _best_precision() -> str:
+    import torch
+
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"

@@ -49,7 +49,8 @@ class FIDCallback(pl.Callback):
     raises the noise floor (reference statistics cached under ``cache_dir``).
     Beside each FID it logs the reference size (``<split>/fid_<extractor>_ref_size``) and the
     noise floor measured the same way (``<split>/fid_<extractor>_floor``): the FID of real
-    held-out images (the split itself when the reference is another split, else the train split)
+    held-out images (the split itself when the reference is another split, else the train split, or val for
+    train)
     against the same reference, at the same N. Differences below the floor mean nothing. The
     model's sampler is ``pl_module.sampler`` and the data is ``trainer.datamodule``.
     """
@@ -141,7 +142,7 @@ class FIDCallback(pl.Callback):
         reference = reference_statistics(
             extractor, datamodule, ref_split, ref_n, self.cache_dir, self.chunk_size, self.kid
         )
-        held_out = split if ref_split != split else "train"
+        held_out = split if ref_split != split else ("train" if split != "train" else "val")
         floor_ref = reference_statistics(
             extractor, datamodule, held_out, self.num_samples, self.cache_dir, self.chunk_size
         )
