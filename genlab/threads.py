@@ -75,6 +75,8 @@ def apply_cpu_threads(cfg: Any) -> int:
     threads = compute_threads(hardware.get("cpu_threads"), processes_sharing(cfg))
     if threads is not None:
         torch.set_num_threads(threads)
-    log.info("CPU threads: %d of %d owned CPUs (hardware.cpu_threads overrides)",
+    # debug: an info line here would open the log file of a run directory before genlab has
+    # decided whether this command may touch it
+    log.debug("CPU threads: %d of %d owned CPUs (hardware.cpu_threads overrides)",
              torch.get_num_threads(), owned_cpus())
     return torch.get_num_threads()
