@@ -82,3 +82,17 @@ def test_grey_labelled_datasets_default_to_the_offline_classifier_extractor():
         assert cfg.callbacks.fid.extractor == extractor, experiment
     cfg = compose_cfg(overrides=["dataset=fashion_mnist"])
     assert cfg.callbacks.fid.extractor == "classifier"
+
+
+def test_the_report_shows_standard_errors_and_fid_floors_but_plots_only_fid():
+    from genlab.report import Job, default_metrics, fid_bpd_points, table
+
+    values = {"val/bpd": 1.5, "val/bpd_stderr": 0.02, "val/fid_classifier": 3.0,
+              "val/fid_classifier_floor": 0.9, "val/fid_classifier_ref_size": 1437.0}
+    jobs = [Job("0", {}, "completed", model="vae", final=values, best=values)]
+    metrics = default_metrics(jobs)
+    assert metrics == ["val/bpd", "val/bpd_stderr", "val/fid_classifier", "val/fid_classifier_floor",
+                       "val/fid_classifier_ref_size"]
+    header, rows = table(jobs, metrics)
+    assert rows[0][header.index("val/bpd_stderr (final)")] == 0.02
+    assert fid_bpd_points(jobs) == {"classifier": [("vae", 1.5, 3.0)]}
