@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -51,10 +50,11 @@ def wandb_offline() -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
-def _default_fid_extractor(dataset_name: str) -> str:
-    # The tiny embedded digits are far from Inception's domain; genlab's own classifier also
-    # needs no download, which keeps the default run offline.
-    return "classifier" if dataset_name == "digits" else "inception"
+def _default_fid_extractor(channels: Any, num_classes: Any = 0) -> str:
+    # Grey labelled data (digits, MNIST, Fashion-MNIST) is far from Inception's domain of natural
+    # colour photos, and genlab's own classifier, trained on the labels, needs no download, which
+    # keeps those runs offline. Inception stays the default for colour images.
+    return "classifier" if int(channels) == 1 and int(num_classes or 0) > 1 else "inception"
 
 
 def sweep_group() -> Optional[str]:

@@ -76,6 +76,7 @@ class Flow(GenerativeModel):
     likelihood = "bound"
     step_metrics = ("loss",)
     fixed_vocab_size = None  # the dequantization cells are 1/vocab_size wide
+    loss_is_bpd = True
 
     def __init__(
         self,
@@ -218,7 +219,9 @@ class Flow(GenerativeModel):
         log_pu = self.log_prob(self.dequantize(x))
         return -(log_pu - self.num_dims * math.log(self.vocab_size)) / LOG2
 
-    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Optional[Tensor]:
+        if stage != "train" and self.eval_loss_by_callback:
+            return None  # the bits/dim callback measures it once for val/bpd and val/loss
         x, _ = batch
         loss = self._nll_bits_once(x).mean() / self.num_dims  # bits/dim, one dequantization draw
         if stage == "train":
