@@ -8,16 +8,13 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from genlab.threads import owned_cpus
+
 
 def cpus_granted() -> int:
-    """The CPUs this task may use: SLURM's ``--cpus-per-task`` inside a SLURM job, else the CPUs
-    of this process's affinity mask (a container's or ``taskset``'s limit), else all of them."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The CPUs this task may use: its affinity mask (a container's, ``taskset``'s or SLURM's
+    cpuset), capped by SLURM's ``--cpus-per-task`` inside a SLURM job."""
+    return owned_cpus()
 
 
 def data_workers() -> int:
