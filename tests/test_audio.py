@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy.io import wavfile
 from torch import nn
 
+from bench.fsdd_classifier import Clips
 from genlab.callbacks.fid import FIDCallback
 from genlab.callbacks.samples import SampleGrid
 from genlab.config import instantiate
@@ -147,25 +148,13 @@ def test_the_autoregressive_sampler_walks_time_with_the_window_or_without():
 
 # ----- outputs and the metric, through a Trainer ------------------------------------------
 
-class RealClips:
-    """A stand-in sampler that 'draws' real test clips of the asked digits (or noise)."""
-
-    def __init__(self, data, noise: bool = False) -> None:
-        self.data, self.noise = data, noise
-
-    def sample(self, model, n, labels=None):
-        if self.noise:
-            return torch.randint(0, 256, (n, *self.data.images.shape[1:]), dtype=torch.uint8)
-        picks = [int(torch.nonzero(self.data.labels == int(c))[i // 10 % 30]) for i, c in enumerate(labels)]
-        return self.data.images[picks]
-
-
 def test_spoken_digit_fid_and_class_accuracy_tell_real_clips_from_noise(fsdd, cache_dir):
+    # stand-in samplers: real held-out clips of the asked digits (a perfect model), or noise
     model = TinyCausal()
     callback = FIDCallback(extractor="classifier", num_samples=100, chunk_size=50, cache_dir=str(cache_dir))
     assert callback.metric_names(model) == ["val/fid_classifier", "val/class_acc_classifier"]
-    real = callback.compute(model, RealClips(fsdd.split_dataset("test")), fsdd, "val")
-    noise = callback.compute(model, RealClips(fsdd.split_dataset("test"), noise=True), fsdd, "val")
+    real = callback.compute(model, Clips(fsdd.split_dataset("test"), noise=False), fsdd, "val")
+    noise = callback.compute(model, Clips(fsdd.split_dataset("test"), noise=True), fsdd, "val")
     assert real["val/class_acc_classifier"] > 0.8 > 0.3 > noise["val/class_acc_classifier"]
     assert real["val/fid_classifier"] * 5 < noise["val/fid_classifier"]
     with pytest.raises(ConfigError, match="extractor=inception cannot measure the audio data.*extractor=classifier"):
