@@ -202,3 +202,36 @@ def test_training_writes_wavs_and_a_png_and_sends_audio_to_wandb_and_tensorboard
     events.Reload()
     assert {"samples/0", "samples/2"} <= set(events.Tags()["audio"])
     assert events.Audio("samples/0")[0].sample_rate == 8000
+
+
+def test_download_fetches_the_upstream_archive_layout_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
+    import http.server
+    import tarfile
+    import threading
+
+    from genlab.data import fsdd as fsdd_module
+
+    # the upstream release archive's layout, served over real HTTP by a local server
+    served = tmp_path / "served"
+    wavs = served / "free-spoken-digit-dataset-1.0.10" / "recordings"
+    wavs.mkdir(parents=True)
+    for name in ("3_ann_7.wav", "4_bob_8.wav", "2_ann_9.wav", "1_bob_2.wav", "0_ann_0.wav"):
+        wavfile.write(wavs / name, 8000, (np.sin(np.arange(500) / 3) * 8000).astype(np.int16))
+    with tarfile.open(served / "v1.0.10.tar.gz", "w:gz") as archive:
+        archive.add(wavs.parent, arcname="free-spoken-digit-dataset-1.0.10")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(served))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(fsdd_module, "UPSTREAM_URL", f"http://127.0.0.1:{server.server_port}/v1.0.10.tar.gz")
+        data = FSDDDataModule(root=str(tmp_path / "new"), length=128, val_fraction=0.25, download=True)
+        assert {s: len(data.split_dataset(s)) for s in ("train", "val", "test")} == {"train": 2, "val": 1, "test": 2}
+        assert (tmp_path / "new" / "recordings.tar.gz").is_file()
+        # nothing listens on the address: the error names the URL and the fix; no folder is left
+        monkeypatch.setattr(fsdd_module, "UPSTREAM_URL", f"http://127.0.0.1:{server.server_port}/missing.tar.gz")
+        with pytest.raises(DataError, match=r"could not be downloaded from http://127.0.0.1.*missing.tar.gz.*"
+                                            r"put recordings.tar.gz or the recordings/ folder"):
+            FSDDDataModule(root=str(tmp_path / "other"), download=True).check()
+        assert not (tmp_path / "other").exists()
+    finally:
+        server.shutdown()
