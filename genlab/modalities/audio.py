@@ -43,9 +43,14 @@ def mu_law_decode(x: Tensor, vocab_size: int = 256) -> Tensor:
     return torch.sign(companded) * ((1 + mu) ** companded.abs() - 1) / mu
 
 
+def fft_size(n_fft: int, length: int) -> int:
+    """``n_fft``, or the largest power of two that fits a shorter clip."""
+    return min(n_fft, 2 ** int(math.log2(length)))
+
+
 def log_spectrogram(wave: Tensor, n_fft: int = 256) -> Tensor:
     """Waveform [..., T] -> log(1 + |STFT|) [..., n_fft // 2 + 1, frames] (Hann window, hop n_fft/2)."""
-    n_fft = min(n_fft, 2 ** int(math.log2(wave.shape[-1])))
+    n_fft = fft_size(n_fft, wave.shape[-1])
     flat = wave.reshape(-1, wave.shape[-1]).float()
     window = torch.hann_window(n_fft, device=wave.device)
     spec = torch.stft(flat, n_fft, hop_length=n_fft // 2, window=window, return_complex=True).abs()
@@ -62,9 +67,8 @@ class AudioClassifierNet(nn.Module):
         feature_dim: int = 64, n_fft: int = 256,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.vocab_size, self.n_fft = vocab_size, n_fft
-        bins = min(n_fft, 2 ** int(math.log2(length))) // 2 + 1
-        frames = length // (min(n_fft, 2 ** int(math.log2(length))) // 2) + 1
+        self.vocab_size, self.n_fft = vocab_size, fft_size(n_fft, length)
+        bins, frames = self.n_fft // 2 + 1, length // (self.n_fft // 2) + 1
         stages = max(1, min(3, int(math.log2(frames)) - 1))
         self.body = conv_body(nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d, channels * bins, stages, width, feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
