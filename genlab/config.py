@@ -50,11 +50,14 @@ def wandb_offline() -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
-def _default_fid_extractor(channels: Any, num_classes: Any = 0) -> str:
-    # Grey labelled data (digits, MNIST, Fashion-MNIST) is far from Inception's domain of natural
-    # colour photos, and genlab's own classifier, trained on the labels, needs no download, which
-    # keeps those runs offline. Inception stays the default for colour images.
-    return "classifier" if int(channels) == 1 and int(num_classes or 0) > 1 else "inception"
+def _default_fid_extractor(data_shape: Any, num_classes: Any = 0) -> str:
+    # Inception sees colour pictures. Grey labelled data (digits, MNIST, Fashion-MNIST) is far from
+    # its domain of natural photos, and other data (audio) is not pictures at all: genlab's own
+    # classifier, trained on the labels, fits them and needs no download, which keeps runs offline.
+    shape = [int(d) for d in data_shape]
+    picture = len(shape) == 3
+    colour_or_unlabelled = shape[0] == 3 or int(num_classes or 0) <= 1
+    return "inception" if picture and colour_or_unlabelled else "classifier"
 
 
 def sweep_group() -> Optional[str]:
