@@ -16,7 +16,6 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Literal, Union
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.errors import ConfigError
@@ -310,6 +309,7 @@ def check_optimizers(model_cfg: DictConfig, build: Callable[[DictConfig, str], A
     """Build each optimizer and learning-rate scheduler of ``model_cfg`` (its ``_partial_``
     entries) on a stand-in parameter, as the model will, so that torch's verdict on their
     settings comes before training, naming the key. ``build`` instantiates a config node."""
+    import torch
     from torch.optim.lr_scheduler import LRScheduler
 
     dummy = [torch.nn.Parameter(torch.zeros(1))]

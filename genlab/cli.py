@@ -24,6 +24,9 @@ from genlab.lock import cannot_create_run_directory
 def run_cli(hydra_main: Callable[[], Any]) -> Any:
     """Run a ``hydra.main`` function. HYDRA_FULL_ERROR=1 set by the user keeps Hydra's own
     reporting (full stack traces) for every error."""
+    from genlab.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch is imported
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return hydra_main()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing

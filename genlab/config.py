@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.checks import check_optimizers, check_trainer
+from genlab.cluster import best_precision, data_workers, rank_log_file
 from genlab.errors import ConfigError, GenlabError
 from genlab.lock import hydra_subdir
 from genlab.trust import check_targets
@@ -39,12 +39,6 @@ CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve
 _RUN_ID = f"{os.getpid()}{secrets.token_hex(2)}"
 
 
-def _best_precision() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
 def wandb_offline() -> bool:
     """Offline unless W&B credentials exist (WANDB_MODE, when set, decides)."""
     mode = os.environ.get("WANDB_MODE")
@@ -56,10 +50,14 @@ def wandb_offline() -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
-def _default_fid_extractor(dataset_name: str) -> str:
-    # The tiny embedded digits are far from Inception's domain; genlab's own classifier also
-    # needs no download, which keeps the default run offline.
-    return "classifier" if dataset_name == "digits" else "inception"
+def _default_fid_extractor(data_shape: Any, num_classes: Any = 0) -> str:
+    # Inception sees colour pictures. Grey labelled data (digits, MNIST, Fashion-MNIST) is far from
+    # its domain of natural photos, and other data (audio) is not pictures at all: genlab's own
+    # classifier, trained on the labels, fits them and needs no download, which keeps runs offline.
+    shape = [int(d) for d in data_shape]
+    picture = len(shape) == 3
+    colour_or_unlabelled = shape[0] == 3 or int(num_classes or 0) <= 1
+    return "inception" if picture and colour_or_unlabelled else "classifier"
 
 
 def sweep_group() -> Optional[str]:
@@ -83,7 +81,9 @@ def optuna_direction(objective_mode: str) -> str:
 def register_resolvers() -> None:
     for name, fn in {
         "genlab.run_id": lambda: _RUN_ID,
-        "genlab.best_precision": _best_precision,
+        "genlab.best_precision": best_precision,
+        "genlab.data_workers": data_workers,
+        "genlab.rank_log_file": rank_log_file,
         "genlab.wandb_offline": wandb_offline,
         "genlab.default_fid_extractor": _default_fid_extractor,
         "genlab.sweep_group": sweep_group,

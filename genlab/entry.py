@@ -12,25 +12,23 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional
 
 import hydra
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from genlab.callbacks.resume import STOP_SIGNALS, Preemption, ResumeState
-from genlab.callbacks.run import RunRecorder
-from genlab.checkpoint import AtomicCheckpointIO
 from genlab.checks import one_line
 from genlab.config import CONF_DIR, build_named, check_config
 from genlab.errors import ConfigError, GenlabError, Interrupted, Preempted, RunDirectoryInUse
 from genlab.lock import RunDirectory, lock_run_directory
+from genlab.threads import apply_cpu_threads
 from genlab.trust import command_line_is_trusted
-from genlab.utils import atomic_write_json, atomic_write_text
+from genlab.utils import atomic_write_json, atomic_write_text, global_rank, on_rank_zero
+
+if TYPE_CHECKING:  # torch and Lightning are imported where a run needs them: `--help` and a
+    import pytorch_lightning as pl  # config error answer without them
+
+    from genlab.callbacks.run import RunRecorder
 
 log = logging.getLogger("genlab")
 
@@ -49,6 +47,14 @@ def build_trainer(
 ) -> tuple[pl.Trainer, RunRecorder]:
     """A Lightning Trainer from ``cfg.trainer`` (passed straight through) with the callbacks,
     the loggers of ``cfg.logger`` and the run recorder that writes metrics.json."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    from genlab.callbacks.resume import Preemption, ResumeState
+    from genlab.callbacks.run import RunRecorder
+    from genlab.checkpoint import AtomicCheckpointIO
+
     loggers = build_named(cfg.get("logger"), "logger")
     container = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
@@ -72,7 +78,7 @@ def build_trainer(
     return trainer, recorder
 
 
-@rank_zero_only
+@on_rank_zero
 def _write_resolved_config(output_dir: Path, container: dict) -> None:
     """Every value as this run used it (.hydra/config.yaml keeps the interpolations)."""
     atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
@@ -80,7 +86,9 @@ def _write_resolved_config(output_dir: Path, container: dict) -> None:
 
 def finish_loggers(trainer: pl.Trainer) -> None:
     """Flush W&B so its (offline) run files are complete when the entry point returns."""
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and rank_zero_only.rank == 0:
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and global_rank() == 0:
         import wandb
 
         wandb.finish()
@@ -103,7 +111,7 @@ def _close_wandb(exit_code: int) -> None:
             log.warning("could not close the W&B run: %s", finish_err)
 
 
-@rank_zero_only
+@on_rank_zero
 def _mark_failed(output_dir: Path, err: BaseException) -> None:
     """FAILED.json with the error; a metrics.json written before the failure says so too; an
     open W&B run is closed as failed."""
@@ -118,7 +126,7 @@ def _mark_failed(output_dir: Path, err: BaseException) -> None:
     _close_wandb(1)
 
 
-@rank_zero_only
+@on_rank_zero
 def _mark_interrupted(output_dir: Path, err: Interrupted) -> None:
     """metrics.json says ``interrupted`` and by which signal (the run is resumable)."""
     metrics = output_dir / "metrics.json"
@@ -153,6 +161,8 @@ def interrupt_on_signals() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> NoReturn:
         raise Interrupted(signum)
 
+    from genlab.callbacks.resume import STOP_SIGNALS
+
     previous = {}
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) == signal.SIG_IGN:  # e.g. SIGINT of a background job
@@ -176,7 +186,7 @@ def _exit_interrupted(err: Interrupted | KeyboardInterrupt) -> NoReturn:
     """Exit status 128 + the signal number; a sweep also records the jobs that never ran."""
     if not isinstance(err, Interrupted):
         err = Interrupted(signal.SIGINT)
-    if in_multirun() and rank_zero_only.rank == 0:
+    if in_multirun() and global_rank() == 0:
         from hydra.core.hydra_config import HydraConfig
 
         from genlab.report import record_interrupted_sweep
@@ -212,6 +222,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
                 run_dir = lock_run_directory(output_dir)
                 try:
                     check_config(cfg, sections)
+                    apply_cpu_threads(cfg)
                     result = fn(cfg)
                 except BaseException as err:
                     _record(run_dir, err)
@@ -237,7 +248,7 @@ def entry_point(fn: Callable[[DictConfig], Any], sections: tuple[str, ...]) -> C
             if owned:  # the log file of a run this attempt does not own stays as it was
                 log.error("%s", err)
             report_error(err)
-        if owned and rank_zero_only.rank == 0:  # a later success supersedes an earlier failure here
+        if owned and global_rank() == 0:  # a later success supersedes an earlier failure here
             (output_dir / "FAILED.json").unlink(missing_ok=True)
         if in_multirun() and isinstance(result, float) and math.isnan(result):
             return None  # no objective measured: a failed trial for Optuna, not a crashed study

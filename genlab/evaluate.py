@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import pytorch_lightning as pl
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.callbacks.run import RunRecorder

@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
-from pytorch_lightning.utilities import rank_zero_only
 
 from genlab.errors import ConfigError, GenlabError, RunDirectoryLocked
+from genlab.utils import global_rank
 
 log = logging.getLogger("genlab")
 
@@ -69,7 +69,7 @@ def lock_run_directory(directory: str | os.PathLike) -> RunDirectory:
     path = Path(directory).resolve()
     if path in _held:
         return _held[path]
-    if rank_zero_only.rank != 0:
+    if global_rank() != 0:
         held = RunDirectory(path, None)
         held.owned = True  # a rank of the run rank 0 owns; it records nothing itself anyway
         return held

@@ -304,10 +304,12 @@ def differing_overrides(jobs: Sequence[Job]) -> list[str]:
 
 
 def default_metrics(jobs: Sequence[Job]) -> list[str]:
-    """The main metrics present: bits/dim and every FID, validation then test."""
+    """The main metrics present: bits/dim (with its standard error; a conditional model's given
+    the label too) and every FID (with its reference size and noise floor), validation then test."""
     present = {name for job in jobs for name in (*job.final, *job.best)}
     fids = sorted(name.split("/", 1)[1] for name in present if re.match(r"(val|test)/fid_", name))
-    wanted = [f"{split}/{name}" for split in ("val", "test") for name in ("bpd", *dict.fromkeys(fids))]
+    bpds = ("bpd", "bpd_stderr", "bpd_conditional", "bpd_conditional_stderr")
+    wanted = [f"{split}/{name}" for split in ("val", "test") for name in (*bpds, *dict.fromkeys(fids))]
     return [name for name in wanted if name in present or any(_not_applicable(job, name) for job in jobs)]
 
 
@@ -538,6 +540,10 @@ def pair_points(jobs: Sequence[Job], x: str, y: str) -> dict[str, list[tuple[str
     return by_extractor
 
 
+#: keys that describe a metric rather than measure one (``val/fid_classifier_floor``, ...)
+STATISTIC_SUFFIXES = ("_floor", "_ref_size", "_stderr")
+
+
 def _by_extractor(values: dict[str, float], pattern: str) -> dict[str, float]:
     """The values whose name fits ``pattern`` (``{ext}`` standing for any extractor name), by
     extractor ("" for a pattern without one)."""
@@ -545,7 +551,7 @@ def _by_extractor(values: dict[str, float], pattern: str) -> dict[str, float]:
     found = {}
     for name, value in values.items():
         match = re.fullmatch(regex, name)
-        if match:
+        if match and not name.endswith(STATISTIC_SUFFIXES):
             found[match.groupdict().get("ext") or ""] = value
     return found
 

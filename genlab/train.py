@@ -7,22 +7,19 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from genlab.callbacks.run import ValidateAtEnd
-from genlab.checkpoint import StoredModel, read_checkpoint
 from genlab.cli import run_cli
 from genlab.config import build_sampler, instantiate
 from genlab.entry import build_callbacks, build_trainer, entry_point, finish_loggers, hydra_main, in_multirun
 from genlab.errors import ConfigError, ObjectiveNotMeasured
 from genlab.lock import claim
-from genlab.resume import plan_start, reuse_logger_ids
+
+if TYPE_CHECKING:  # torch and Lightning are imported when a run starts: `genlab-train --help`
+    import pytorch_lightning as pl  # and config errors answer without them
 
 log = logging.getLogger("genlab")
 
@@ -48,6 +45,8 @@ def ddp_ranks_run_this_job(output_dir: Path) -> Iterator[None]:
         sys.argv = argv
         with read_write(hydra_cfg), open_dict(hydra_cfg):
             hydra_cfg.run.dir = run_dir
+        import torch
+
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         os.environ.clear()
@@ -73,6 +72,8 @@ def init_from_weights(model: pl.LightningModule, cfg: DictConfig) -> None:
     """``init_from=PATH``: start from the weights of a genlab checkpoint (fine-tuning), read the
     safe way (``genlab.checkpoint``), with this run's own optimizer, schedule, step 0 and metrics.
     Weights that do not fit the model this run builds are refused, naming both."""
+    from genlab.checkpoint import StoredModel, read_checkpoint
+
     checkpoint = read_checkpoint(cfg.init_from, key="init_from")
     StoredModel.of(checkpoint, f"init_from={cfg.init_from}").check_fits(model, cfg.model)
     model.load_state_dict(checkpoint["state_dict"])
@@ -86,6 +87,12 @@ def train(cfg: DictConfig) -> Optional[float]:
     Nothing is written into the directory before the plan: a command that is refused, or a
     completed run, leaves it as it was.
     """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from genlab.callbacks.run import ValidateAtEnd
+    from genlab.resume import plan_start, reuse_logger_ids
+
     output_dir = Path(cfg.paths.output_dir)
     plan = plan_start(output_dir, cfg)
     if plan.action == "completed":

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
-
-import torch
+from typing import IO, Any, Callable, Iterator, TypeVar
 
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block with torch's global RNG seeded, restoring the outer RNG state afterwards."""
+    import torch
+
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -103,3 +104,24 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def global_rank() -> int:
+    """This process's rank as Lightning knows it (0 outside distributed training); Lightning is
+    imported here, not at start-up."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return rank_zero_only.rank
+
+
+def on_rank_zero(fn: _F) -> _F:
+    """Lightning's ``rank_zero_only`` without importing Lightning before the call."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if global_rank() == 0 else None
+
+    return wrapped  # type: ignore[return-value]

@@ -380,3 +380,21 @@ def test_the_reference_cache_follows_the_umask(tmp_path):
     assert stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == 0o644
     assert fid._load_reference(path, '{"k": 1}', False)["mu"].tolist() == [0.0, 0.0, 0.0]
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_fid_states_its_reference_size_and_a_real_against_real_noise_floor(dm, fid_cache):
+    test_images = dm.split_dataset("test").tensors[0]  # real digits the reference never saw
+    model = StandInModel(StandInSampler(test_images))
+    callback = FIDCallback("classifier", num_samples=180, cache_dir=str(fid_cache), chunk_size=90)
+    values = callback.compute(model, model.sampler, dm, "val")
+    assert values["val/fid_classifier_ref_size"] == 180
+    features = {split: callback.extractor.features(dm.split_dataset(split).tensors[0][:180])
+                for split in ("train", "val")}
+    floor = fid.frechet_distance(fid.statistics(features["train"]), fid.statistics(features["val"]))
+    assert values["val/fid_classifier_floor"] == pytest.approx(floor, rel=1e-6)
+    # real held-out images drawn as "samples" score about the floor: nothing beats it by much
+    assert floor / 3 < values["val/fid_classifier"] < 3 * floor
+    # more samples than the split holds: the larger train split is the reference, the split the floor
+    values = FIDCallback("classifier", num_samples=400, cache_dir=str(fid_cache), chunk_size=200).compute(
+        model, model.sampler, dm, "val")
+    assert values["val/fid_classifier_ref_size"] == len(dm.split_dataset("train"))

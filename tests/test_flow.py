@@ -196,11 +196,16 @@ def test_8_bits_per_dim_through_the_bits_per_dim_callback():
     from genlab.data import DigitsDataModule
 
     model = UniformBase((1, 8, 8), levels=2, steps=1, preprocess="none", **IDENTITY)
+    seen = []  # images through the flow: validation is computed once, by the callback
+    log_prob = model.log_prob
+    model.log_prob = lambda u: seen.append(len(u)) or log_prob(u)
     trainer = pl.Trainer(callbacks=[BitsPerDim(chunk_size=50)], logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, limit_val_batches=1)
-    trainer.validate(model, datamodule=DigitsDataModule(), verbose=False)
+                         enable_checkpointing=False)
+    datamodule = DigitsDataModule()
+    trainer.validate(model, datamodule=datamodule, verbose=False)
     assert trainer.callback_metrics["val/bpd"].item() == 8.0
     assert trainer.callback_metrics["val/loss"].item() == pytest.approx(8.0, abs=1e-6)
+    assert sum(seen) == len(datamodule.split_dataset("val"))
 
 
 def test_more_dequantization_samples_tighten_the_bound():

@@ -75,3 +75,23 @@ def test_image_numbers_are_what_they_were_before_the_modality_refactor(name):
     else:
         assert nll == pytest.approx(want_nll, rel=1e-6)
     assert (total, checksum) == (want_total, want_checksum)
+
+
+def test_a_checkpoint_written_when_models_took_image_shape_still_loads(tmp_path):
+    from omegaconf import OmegaConf
+
+    from genlab.checkpoint import load_model, with_trained_run
+
+    cfg = compose_cfg(overrides=[*CASES["pixelcnn"], "logger=none"])
+    with seeded(0):
+        model = instantiate(cfg.model, "model").eval()
+    old = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "dataset")}
+    old["model"]["image_shape"] = old["model"].pop("data_shape")  # the config as saved before issue 12
+    for section, key in (("model", "vocab_size"), ("dataset", "data_shape"), ("dataset", "vocab_size")):
+        del old[section][key]
+    checkpoint = {"genlab": {"config": old}, "state_dict": model.state_dict()}
+    merged = with_trained_run(checkpoint, compose_cfg("eval", overrides=[f"ckpt={tmp_path}/old.ckpt"]))
+    loaded = load_model(checkpoint, merged.model)
+    x = torch.stack([DigitsDataModule().split_dataset("test")[i][0] for i in range(4)])
+    assert loaded.data_shape == (1, 8, 8) and "image_shape" not in merged.model
+    assert torch.equal(loaded.nll_bits(x), model.nll_bits(x))

@@ -41,11 +41,21 @@ def default_cache_dir() -> str:
 
 class FIDCallback(pl.Callback):
     """Logs ``val/fid_<extractor>`` after validation epochs and ``test/fid_<extractor>`` after
-    testing (plus ``kid_<extractor>`` and ``isc_<extractor>`` when asked).
+    testing (plus ``kid_<extractor>`` and ``isc_<extractor>`` when asked). For a conditional
+    model measured with genlab's classifier, also ``class_acc_classifier``: the share of samples
+    the classifier assigns to the class they were drawn for. The data's modality chooses which
+    extractors fit (``callbacks.fid.extractor``).
 
     ``num_samples`` generated images are compared with the first ``num_samples`` images of the
-    split (reference statistics cached under ``cache_dir``). The model's sampler is
-    ``pl_module.sampler`` and the data is ``trainer.datamodule``.
+    split, or of ``reference_split`` when set; by default (null) the whole train split stands in for
+    a split smaller than ``num_samples`` (digits' 180 validation images), since a small reference
+    raises the noise floor (reference statistics cached under ``cache_dir``).
+    Beside each FID it logs the reference size (``<split>/fid_<extractor>_ref_size``) and the
+    noise floor measured the same way (``<split>/fid_<extractor>_floor``): the FID of real
+    held-out images (the split itself when the reference is another split, else the train split, or val for
+    train)
+    against the same reference, at the same N. Differences below the floor mean nothing. The
+    model's sampler is ``pl_module.sampler`` and the data is ``trainer.datamodule``.
     """
 
     def __init__(
@@ -59,6 +69,7 @@ class FIDCallback(pl.Callback):
         seed: int = 1234,
         kid: bool = False,
         isc: bool = False,
+        reference_split: Optional[str] = None,
     ) -> None:
         super().__init__()
         if extractor not in EXTRACTORS:
@@ -77,6 +88,7 @@ class FIDCallback(pl.Callback):
         self.seed = int(seed)
         self.kid = kid
         self.isc = isc
+        self.reference_split = reference_split or None
         self.extractor: Optional[FeatureExtractor] = None
         #: the last values computed, e.g. {"val/fid_classifier": 12.3}
         self.last_metrics: dict[str, float] = {}
@@ -89,6 +101,7 @@ class FIDCallback(pl.Callback):
     def metric_names(self, model: Any) -> list[str]:
         """The validation metrics this callback logs (for checking ``objective`` up front)."""
         kinds = ["fid"] + ["kid"] * self.kid + ["isc"] * self.isc
+        kinds += ["class_acc"] * (self.extractor_name == "classifier" and bool(getattr(model, "conditional", False)))
         return [f"val/{kind}_{self.extractor_name}" for kind in kinds]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -126,8 +139,16 @@ class FIDCallback(pl.Callback):
             self._build(datamodule, model.device)
         extractor = self.extractor
         start = time.perf_counter()
+        ref_split, ref_n = self.reference_split or split, self.num_samples
+        if self.reference_split is None and len(datamodule.split_dataset(split)) < self.num_samples:
+            ref_split = "train"  # all of it: the larger the reference, the lower the floor
+            ref_n = max(ref_n, len(datamodule.split_dataset("train")))
         reference = reference_statistics(
-            extractor, datamodule, split, self.num_samples, self.cache_dir, self.chunk_size, self.kid
+            extractor, datamodule, ref_split, ref_n, self.cache_dir, self.chunk_size, self.kid
+        )
+        held_out = split if ref_split != split else ("train" if split != "train" else "val")
+        floor_ref = reference_statistics(
+            extractor, datamodule, held_out, self.num_samples, self.cache_dir, self.chunk_size
         )
         shape = tuple(int(s) for s in datamodule.data_shape)
         conditional = model.conditional
@@ -143,7 +164,7 @@ class FIDCallback(pl.Callback):
                     f"{type(sampler).__name__} returned {images.dtype} {tuple(images.shape)}; FID "
                     f"needs uint8 data of shape {(hi - lo, *shape)} (the dataset's)."
                 )
-            return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS
+            return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS or classes
 
         was_training = model.training
         model.eval()
@@ -156,16 +177,23 @@ class FIDCallback(pl.Callback):
         fid_dim = reference["mu"].shape[0]
         features = gathered[:, :fid_dim]
         name = extractor.name
-        values = {f"{split}/fid_{name}": frechet_distance(statistics(features), reference)}
+        values = {
+            f"{split}/fid_{name}": frechet_distance(statistics(features), reference),
+            f"{split}/fid_{name}_floor": frechet_distance(floor_ref, reference),
+            f"{split}/fid_{name}_ref_size": float(reference["n"]),
+        }
         if self.kid:
             ref_features = torch.from_numpy(reference["features"])
             values[f"{split}/kid_{name}"] = kernel_distance(features, ref_features, self.seed)
         if extractor.isc_layer:
             values[f"{split}/isc_{name}"] = inception_score(gathered[:, fid_dim:], self.seed)
+        if extractor.class_layer and conditional:
+            asked = torch.arange(len(gathered)) % model.num_classes  # the labels sample_features drew with
+            values[f"{split}/class_acc_{name}"] = float((gathered[:, fid_dim:].argmax(1) == asked).double().mean())
         log.info(
-            "%s (%d samples vs %d %s images, %s) in %.1fs",
-            ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
-            self.num_samples, reference["n"], split, extractor.key, time.perf_counter() - start,
+            "%s (%d samples vs %d %s images, %s; noise floor: %d real %s images score %.4f) in %.1fs",
+            ", ".join(f"{k}={v:.4f}" for k, v in values.items()), self.num_samples, reference["n"], ref_split,
+            extractor.key, floor_ref["n"], held_out, values[f"{split}/fid_{name}_floor"], time.perf_counter() - start,
         )  # fmt: skip
         self.last_metrics = values
         return values

@@ -30,6 +30,10 @@ class GenerativeModel(pl.LightningModule):
     #: maps data to latent vectors and back (``encode_mean``, ``decode_latent``, ``latent_dim``):
     #: latent directions and manifolds (genlab.latents) serve these families
     has_encoder: ClassVar[bool] = False
+    #: the validation/test loss is the bits/dim the bits/dim callback measures (flows): with that
+    #: callback present the model skips its own evaluation pass and the callback logs
+    #: ``<stage>/loss`` from the same numbers (``eval_loss_by_callback`` is then True)
+    loss_is_bpd: ClassVar[bool] = False
     #: the sub-module the EMA callback averages, what samples are drawn from ("" = the whole model)
     averaged_module: ClassVar[str] = ""
     #: how many axes ``data_shape`` has for this family (3: images [C, H, W], 2: [C, T]; None: any)
@@ -75,6 +79,7 @@ class GenerativeModel(pl.LightningModule):
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         self._loss_checked = False  # check_finite ran since the last backward pass
+        self.eval_loss_by_callback = False
 
     @property
     def num_dims(self) -> int:
@@ -97,6 +102,20 @@ class GenerativeModel(pl.LightningModule):
     def decode_latent(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Families with ``has_encoder``: data (uint8, the data contract) from latent vectors [B, latent_dim]."""
         raise NotImplementedError(f"the {self.family} family has no encoder")
+    def class_log_prior(self) -> Tensor:
+        """log p(y) over the classes of a conditional model: uniform, as the samplers draw them."""
+        return torch.full((self.num_classes,), -math.log(self.num_classes), dtype=torch.float64)
+
+    def marginal_nll_bits(self, x: Tensor) -> Tensor:
+        """-log2 p(x) = -log2 sum_y p(y) p(x|y) of a conditional model, exact over the classes
+        (one ``nll_bits`` pass per class, summed in log space). Where ``nll_bits`` is an upper
+        bound, so is this (each p(x|y) is bounded from below)."""
+        per_class = torch.stack([
+            self.nll_bits(x, torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)).double()
+            for c in range(self.num_classes)
+        ], 1)  # [B, classes], bits
+        log_joint = self.class_log_prior().to(x.device)[None] - per_class * math.log(2.0)
+        return -torch.logsumexp(log_joint, 1) / math.log(2.0)
 
     def check_trainer(self, trainer_cfg: Any) -> None:
         """Raise ConfigError for ``trainer.*`` settings this model cannot honour (called before

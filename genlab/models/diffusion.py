@@ -10,8 +10,12 @@ Timesteps are 0-based in code: index i is the paper's t = i + 1, so ``betas[0]``
 ``alphas_bar_prev[i]`` is abar_{t-1} (1 at the first step).
 
 ``nll_bits`` is the variational bound L_T + sum_{t=2}^T L_{t-1} + L_0 on the discrete 8-bit
-image (a discretized Gaussian decoder at t = 1), in bits; with ``bound_timesteps`` < T the sum
-over the T terms is estimated without bias from a subset of them.
+image (a discretized Gaussian decoder at t = 1), in bits; with ``bound_timesteps`` = k < T the
+sum over the T terms is estimated without bias from k of them. Almost all of the variance of such
+an estimate comes from the first few terms (the decoder term L_0 and L_1 are far larger than the
+rest), so the first ``bound_exact_terms`` are always evaluated, each once, and only the remaining
+k - exact draws estimate the rest, stratified (or uniform). With T=1000, k=100 and 10 exact terms,
+one digit's estimate has a standard deviation ~20x smaller than with 100 plain strata.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class DDPM(GenerativeModel):
         variance: str = "posterior",
         bound_timesteps: Optional[int] = None,
         bound_estimator: str = "stratified",
+        bound_exact_terms: int = 10,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
         vocab_size: int = 256,
@@ -135,6 +140,8 @@ class DDPM(GenerativeModel):
                 raise ConfigError(f"model.{key}={value!r} is not known; use one of {list(allowed)}")
         if bound_timesteps is not None:  # null = all T
             require_positive("model", bound_timesteps=bound_timesteps)
+        if not isinstance(bound_exact_terms, int) or bound_exact_terms < 0:
+            raise ConfigError(f"model.bound_exact_terms={bound_exact_terms!r} must be an integer >= 0")
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ConfigError(f"model.cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
         if schedule == "linear" and not 0 < beta_start <= beta_end < 1:
@@ -159,6 +166,7 @@ class DDPM(GenerativeModel):
         self.cond_drop_prob = float(cond_drop_prob)
         self.bound_timesteps = None if bound_timesteps is None else int(bound_timesteps)
         self.bound_estimator = bound_estimator
+        self.bound_exact_terms = bound_exact_terms
         self._said_bound = False
 
         # The schedule, float64, as plain tensors (not buffers: they are constants, not weights
@@ -288,19 +296,40 @@ class DDPM(GenerativeModel):
         first = (t == 0).view(-1, *[1] * (x0.dim() - 1))
         return torch.where(first, decoder.double(), kl).flatten(1).sum(1).float() / LOG2
 
+    def _head_size(self, k: int) -> int:
+        """How many of the first terms the k-term estimate evaluates exactly (at least one draw is
+        left for the rest while k < T)."""
+        return self.timesteps if k >= self.timesteps else min(self.bound_exact_terms, k - 1)
+
     def _bound_plan(self, b: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Timestep indices [k, B] and their weights [k, B] whose weighted sum of terms is an
-        unbiased estimate of the sum over all T terms."""
-        T = self.timesteps
-        if k >= T:
-            return torch.arange(T, device=device)[:, None].expand(T, b), torch.ones(T, b, device=device)
-        if self.bound_estimator == "uniform":  # k draws with replacement, each weighted T / k
-            return torch.randint(0, T, (k, b), device=device), torch.full((k, b), T / k, device=device)
-        # stratified: k contiguous strata covering 0..T-1, one uniform draw in each, weighted by its size
-        edges = torch.linspace(0, T, k + 1, device=device).round().long()
-        sizes = (edges[1:] - edges[:-1])[:, None].float()
-        t = edges[:-1, None] + (torch.rand(k, b, device=device) * sizes).long()
-        return t, sizes.expand(k, b)
+        unbiased estimate of the sum over all T terms: the first ``_head_size(k)`` terms once
+        each (weight 1), then k - head draws over the remaining terms."""
+        T, head = self.timesteps, self._head_size(k)
+        exact_t = torch.arange(head, device=device)[:, None].expand(head, b)
+        exact_w = torch.ones(head, b, device=device)
+        if head >= T:
+            return exact_t, exact_w
+        rest, draws = T - head, k - head
+        if self.bound_estimator == "uniform":  # draws with replacement, each weighted rest / draws
+            t = head + torch.randint(0, rest, (draws, b), device=device)
+            w = torch.full((draws, b), rest / draws, device=device)
+        else:  # stratified: contiguous strata covering the rest, one uniform draw in each, weighted by its size
+            edges = head + torch.linspace(0, rest, draws + 1, device=device).round().long()
+            sizes = (edges[1:] - edges[:-1])[:, None].float()
+            t = edges[:-1, None] + (torch.rand(draws, b, device=device) * sizes).long()
+            w = sizes.expand(draws, b)
+        return torch.cat([exact_t, t]), torch.cat([exact_w, w])
+
+    def describe_bound(self, k: Optional[int] = None) -> str:
+        """The estimator in words, for the log."""
+        k = min(k or self.bound_timesteps or self.timesteps, self.timesteps)
+        T, head = self.timesteps, self._head_size(k)
+        if head >= T:
+            return f"all T={T} terms"
+        exact = f"terms t=1..{head} exact, " if head else ""
+        return (f"{exact}an unbiased {self.bound_estimator} estimate of the other {T - head} of the "
+                f"T={T} terms from {k - head} draws per example")
 
     @torch.no_grad()
     def nll_bits(self, x: Tensor, y: Optional[Tensor] = None, k: Optional[int] = None) -> Tensor:
@@ -308,9 +337,8 @@ class DDPM(GenerativeModel):
         unbiased estimate from k of them: ``model.bound_timesteps``)."""
         k = min(k or self.bound_timesteps or self.timesteps, self.timesteps)
         if not self._said_bound:
-            how = (f"all T={self.timesteps} terms" if k >= self.timesteps else
-                   f"an unbiased {self.bound_estimator} estimate from {k} of the T={self.timesteps} terms per example")
-            log.info("diffusion bits/dim: variational bound (L_T + L_1..L_{T-1} + discretized L_0), %s", how)
+            log.info("diffusion bits/dim: variational bound (L_T + L_1..L_{T-1} + discretized L_0), %s",
+                     self.describe_bound(k))
             self._said_bound = True
         t_plan, weights = self._bound_plan(x.shape[0], k, x.device)
         total = self.prior_bits(x)

@@ -33,11 +33,7 @@ class DDIMSampler(DiffusionSampler):
 
     def timesteps(self, model: GenerativeModel) -> list[int]:
         """The timestep indices visited, from T-1 down to 0, evenly spaced."""
-        if self.steps > model.timesteps:
-            raise ConfigError(
-                f"sampler.steps={self.steps} is more than the model's T={model.timesteps} timesteps; "
-                f"use sampler.steps <= {model.timesteps}"
-            )
+        self._check_steps(model)
         return sorted({round(i * (model.timesteps - 1) / max(self.steps - 1, 1)) for i in range(self.steps)},
                       reverse=True)
 

@@ -39,6 +39,14 @@ class DiffusionSampler(Sampler):
         x = torch.randn(n, *model.data_shape, device=model.device) if noise is None else noise.to(model.device).float()
         return x, labels
 
+    def _check_steps(self, model: GenerativeModel) -> None:
+        steps = getattr(self, "steps", 0)
+        if steps > model.timesteps:
+            raise ConfigError(
+                f"sampler.steps={steps} is more than the model's T={model.timesteps} timesteps; "
+                f"use sampler.steps <= {model.timesteps}"
+            )
+
     def _denoise(self, model: GenerativeModel, x: Tensor, i: int, labels: Optional[Tensor]):
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         return model.denoise(x, t, labels, self.guidance_scale, self.clip_x0)
