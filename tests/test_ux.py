@@ -84,7 +84,7 @@ def test_a_run_that_never_measures_its_objective_says_so_and_fails_its_sweep(tmp
 
 def test_the_objective_follows_the_family():
     assert compose_cfg(overrides=["model=dcgan"]).objective == "val/fid_classifier"
-    assert compose_cfg(overrides=["model=dcgan", "dataset=mnist"]).objective == "val/fid_inception"
+    assert compose_cfg(overrides=["model=dcgan", "dataset=cifar10"]).objective == "val/fid_inception"
     for model in ("vae", "glow", "pixelcnn"):
         assert compose_cfg(overrides=[f"model={model}"]).objective == "val/bpd"
     assert compose_cfg(overrides=["model=dcgan", "objective=val/is_x"]).objective == "val/is_x"  # command line wins
