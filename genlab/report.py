@@ -367,6 +367,35 @@ def plot_fid_vs_bpd(jobs: Sequence[Job], out: Path) -> list[Path]:
     return paths
 
 
+def plot_precision_recall(jobs: Sequence[Job], out: Path) -> list[Path]:
+    """One PNG per feature extractor: precision against recall (test split, else val), one point
+    per job coloured by model. High precision with low recall is mode seeking (GANs), high
+    recall with lower precision mode covering (likelihood models)."""
+    import matplotlib.pyplot as plt
+
+    by_extractor: dict[str, list[tuple[str, float, float]]] = {}
+    for job in jobs:
+        for split in ("test", "val"):
+            prefix = f"{split}/precision_"
+            extractors = [name[len(prefix):] for name in job.final if name.startswith(prefix)]
+            found = [e for e in extractors if f"{split}/recall_{e}" in job.final]
+            for extractor in found:
+                point = (job.model or "?", job.final[f"{split}/recall_{extractor}"], job.final[prefix + extractor])
+                by_extractor.setdefault(extractor, []).append(point)
+            if found:
+                break
+    paths = []
+    for extractor, points in sorted(by_extractor.items()):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for model in sorted({m for m, _, _ in points}):
+            ax.scatter([r for m, r, _ in points if m == model], [p for m, _, p in points if m == model], label=model)
+        ax.set(xlabel=f"recall ({extractor}): covers modes", ylabel=f"precision ({extractor}): looks real",
+               xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="precision against recall")
+        ax.legend(title="model")
+        paths.append(_save(fig, out / f"precision_recall_{_safe_name(extractor)}.png"))
+    return paths
+
+
 def _fmt(value: Any, md: bool, width: int = 100) -> str:
     """A table cell: full precision in CSV; 4 significant digits and one short line in Markdown."""
     if value is None:
@@ -413,7 +442,7 @@ def write_report(sweep_dir: Path, out: Optional[Path] = None, metrics: Optional[
     chosen = [m for m in (metrics or default_metrics(jobs)) if m not in objectives]
     header, rows = table(jobs, [*objectives, *chosen])
     write_csv(out / "report.csv", header, rows)
-    plots = plot_objective(jobs, out) + plot_fid_vs_bpd(jobs, out)
+    plots = plot_objective(jobs, out) + plot_fid_vs_bpd(jobs, out) + plot_precision_recall(jobs, out)
 
     lines = [f"# Sweep {sweep_dir.name}", "", f"`{sweep_dir}`: {summary(jobs)}."]
     if objectives:

@@ -1,4 +1,5 @@
-"""FID (optionally KID and IS) of a model's samples against a data split, as a Lightning callback.
+"""FID, precision and recall (optionally KID and IS) of a model's samples against a data split,
+as a Lightning callback.
 
 Every rank samples and extracts features for its share of fixed, seeded chunks
 (``genlab.metrics.distributed.map_chunks``); all features are gathered on every rank, so every
@@ -28,6 +29,7 @@ from genlab.metrics.fid import (
     frechet_distance,
     inception_score,
     kernel_distance,
+    precision_recall,
     reference_statistics,
     statistics,
 )
@@ -41,11 +43,14 @@ def default_cache_dir() -> str:
 
 class FIDCallback(pl.Callback):
     """Logs ``val/fid_<extractor>`` after validation epochs and ``test/fid_<extractor>`` after
-    testing (plus ``kid_<extractor>`` and ``isc_<extractor>`` when asked).
+    testing, with ``precision_<extractor>`` and ``recall_<extractor>`` (``prc``; improved
+    precision and recall, Kynkaanniemi et al., 2019, on the same features) and
+    ``kid_<extractor>`` and ``isc_<extractor>`` when asked.
 
     ``num_samples`` generated images are compared with the first ``num_samples`` images of the
-    split (reference statistics cached under ``cache_dir``). The model's sampler is
-    ``pl_module.sampler`` and the data is ``trainer.datamodule``.
+    split (reference statistics cached under ``cache_dir``): the stage's own split, or ``split``
+    (e.g. ``train``, the StyleGAN / StudioGAN convention) for every stage. The model's sampler
+    is ``pl_module.sampler`` and the data is ``trainer.datamodule``.
     """
 
     def __init__(
@@ -59,6 +64,8 @@ class FIDCallback(pl.Callback):
         seed: int = 1234,
         kid: bool = False,
         isc: bool = False,
+        prc: bool = True,
+        split: Optional[str] = None,
     ) -> None:
         super().__init__()
         if extractor not in EXTRACTORS:
@@ -66,6 +73,10 @@ class FIDCallback(pl.Callback):
                 f"callbacks.fid.extractor={extractor} is unknown; choose one of {list(EXTRACTORS)}."
             )
         require_positive("callbacks.fid", every_n_epochs=every_n_epochs, chunk_size=chunk_size)
+        if split not in (None, "train", "val", "test"):
+            raise ConfigError(
+                f"callbacks.fid.split={split!r}: use train, val, test or null (each stage's own split)."
+            )
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
             raise ConfigError(f"callbacks.fid.num_samples={num_samples!r} must be an integer >= 2 (a covariance).")
         self.extractor_name = extractor
@@ -77,6 +88,8 @@ class FIDCallback(pl.Callback):
         self.seed = int(seed)
         self.kid = kid
         self.isc = isc
+        self.prc = prc
+        self.split = split
         self.extractor: Optional[FeatureExtractor] = None
         #: the last values computed, e.g. {"val/fid_classifier": 12.3}
         self.last_metrics: dict[str, float] = {}
@@ -88,7 +101,7 @@ class FIDCallback(pl.Callback):
 
     def metric_names(self, model: Any) -> list[str]:
         """The validation metrics this callback logs (for checking ``objective`` up front)."""
-        kinds = ["fid"] + ["kid"] * self.kid + ["isc"] * self.isc
+        kinds = ["fid"] + ["precision", "recall"] * self.prc + ["kid"] * self.kid + ["isc"] * self.isc
         return [f"val/{kind}_{self.extractor_name}" for kind in kinds]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -120,14 +133,17 @@ class FIDCallback(pl.Callback):
             pl_module.log(name, value, rank_zero_only=False, sync_dist=False)
 
     def compute(self, model: Any, sampler: Any, datamodule: Any, split: str) -> dict[str, float]:
-        """Sample ``num_samples`` images and measure them against ``split``; returns e.g.
-        ``{"val/fid_classifier": 12.3}``. Runs on every rank (collective under DDP)."""
+        """Sample ``num_samples`` images and measure them against ``split`` (or the callback's
+        ``split`` when set); returns e.g. ``{"val/fid_classifier": 12.3}`` (named after the
+        stage ``split``). Runs on every rank (collective under DDP)."""
         if self.extractor is None:
             self._build(datamodule, model.device)
         extractor = self.extractor
         start = time.perf_counter()
+        data_split = self.split or split
         reference = reference_statistics(
-            extractor, datamodule, split, self.num_samples, self.cache_dir, self.chunk_size, self.kid
+            extractor, datamodule, data_split, self.num_samples, self.cache_dir, self.chunk_size,
+            self.kid or self.prc,
         )
         shape = (int(datamodule.channels), int(datamodule.image_size), int(datamodule.image_size))
         conditional = model.conditional
@@ -157,6 +173,9 @@ class FIDCallback(pl.Callback):
         features = gathered[:, :fid_dim]
         name = extractor.name
         values = {f"{split}/fid_{name}": frechet_distance(statistics(features), reference)}
+        if self.prc:
+            precision, recall = precision_recall(features, torch.from_numpy(reference["features"]))
+            values.update({f"{split}/precision_{name}": precision, f"{split}/recall_{name}": recall})
         if self.kid:
             ref_features = torch.from_numpy(reference["features"])
             values[f"{split}/kid_{name}"] = kernel_distance(features, ref_features, self.seed)
@@ -165,7 +184,7 @@ class FIDCallback(pl.Callback):
         log.info(
             "%s (%d samples vs %d %s images, %s) in %.1fs",
             ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
-            self.num_samples, reference["n"], split, extractor.key, time.perf_counter() - start,
+            self.num_samples, reference["n"], data_split, extractor.key, time.perf_counter() - start,
         )  # fmt: skip
         self.last_metrics = values
         return values
