@@ -19,7 +19,7 @@ checkpoint names, ``every_n_train_steps``): one per training batch. The EMA call
 the generator only (``averaged_module``), once per generator step; validation judges the EMA
 generator's images with the discriminator as trained.
 
-``diffaugment`` (e.g. ``color,translation,cutout``) puts DiffAugment in front of the
+``diffaugment`` (e.g. ``[color,translation,cutout]``) puts DiffAugment in front of the
 discriminator (``genlab.nets.diffaugment``), for every loss. ``AdversarialModel`` holds what this
 family shares with ``model=stylegan`` (genlab.models.stylegan).
 
@@ -28,7 +28,7 @@ There is no likelihood: bits/dim is not applicable and FID is the metric.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ class AdversarialModel(GenerativeModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
         gradient_clip_val: Optional[float] = None,
-        diffaugment: Optional[str] = None,
+        diffaugment: Optional[Union[str, Sequence[str]]] = None,
         d_optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
     ) -> None:
         super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
@@ -123,7 +123,8 @@ class AdversarialModel(GenerativeModel):
         try:
             self.augment_policy = parse_policy(diffaugment)
         except ValueError as err:
-            raise ConfigError(f"model.diffaugment={diffaugment!r}: {err}, or null") from None
+            raise ConfigError(f"model.diffaugment={list(diffaugment) if not isinstance(diffaugment, str) else diffaugment!r}: "
+                              f"{err}, or null") from None
         try:
             resolution_levels(self.image_shape[1])
         except ValueError as err:
@@ -258,7 +259,7 @@ class GAN(AdversarialModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         d_optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
-        diffaugment: Optional[str] = None,
+        diffaugment: Optional[Union[str, Sequence[str]]] = None,
     ) -> None:
         super().__init__(image_shape, num_classes, conditional, optimizer, scheduler, gradient_clip_val, diffaugment,
                          d_optimizer)

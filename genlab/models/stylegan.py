@@ -21,7 +21,7 @@ average of w (``mean_mapped``), so psi = 0 gives the image of the average w.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -80,7 +80,7 @@ class StyleGAN(AdversarialModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         d_optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
-        diffaugment: Optional[str] = None,
+        diffaugment: Optional[Union[str, Sequence[str]]] = None,
     ) -> None:
         if conditional:
             raise ConfigError("model.conditional=true: model=stylegan is unconditional; use model=dcgan "

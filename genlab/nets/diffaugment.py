@@ -4,12 +4,12 @@ The discriminator sees real and generated images through the same random, differ
 transformations, in its own training step and in the generator's, so that it cannot memorise a
 small training set while the generator still learns the un-augmented distribution (the
 gradients flow back through the transformations). Images are in [-1, 1], [B, C, H, W].
-``policy`` is a comma-separated list of ``color``, ``translation``, ``cutout``.
+A policy is a list of ``color``, ``translation``, ``cutout`` (or one comma-separated string).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +59,11 @@ def cutout(x: Tensor, ratio: float = 0.5) -> Tensor:
 AUGMENTATIONS: dict[str, Callable[[Tensor], Tensor]] = {"color": color, "translation": translation, "cutout": cutout}
 
 
-def parse_policy(policy: str | None) -> list[str]:
-    """The augmentations of a policy string ("" or None = none); ValueError names unknown ones."""
-    names = [p.strip() for p in (policy or "").split(",") if p.strip()]
+def parse_policy(policy: Optional[Union[str, Sequence[str]]]) -> list[str]:
+    """The augmentations of a policy (a list, or a comma-separated string; None or empty = none);
+    ValueError names unknown ones."""
+    parts = (policy or "").split(",") if isinstance(policy, str) or policy is None else list(policy)
+    names = [str(p).strip() for p in parts if str(p).strip()]
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
         raise ValueError(f"unknown augmentation(s) {unknown}; use a comma-separated list of {list(AUGMENTATIONS)}")
