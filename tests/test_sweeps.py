@@ -207,6 +207,18 @@ def test_fid_against_bpd_takes_the_families_that_have_both(sweep):
     assert points == {"classifier": [("vae", pytest.approx(2.6), 40.0), ("cvae", pytest.approx(2.9), 30.0)]}  # no GAN point: it has no bits/dim
 
 
+def test_precision_against_recall_plots_each_family(tmp_path):
+    from genlab.report import Job, plot_precision_recall
+
+    jobs = [Job("0", {}, "completed", model="stylegan", final={"test/precision_classifier": 0.9, "test/recall_classifier": 0.3}),
+            Job("1", {}, "completed", model="vae", final={"val/precision_classifier": 0.5, "val/recall_classifier": 0.8}),
+            Job("2", {}, "completed", model="dcgan", final={"test/precision_classifier": 0.7}),  # no recall: no point
+            Job("3", {}, "failed", model="glow")]
+    paths = plot_precision_recall(jobs, tmp_path)
+    assert [p.name for p in paths] == ["precision_recall_classifier.png"] and paths[0].stat().st_size > 0
+    assert plot_precision_recall(jobs[2:], tmp_path / "none") == []
+
+
 def test_report_on_a_partial_sweep(tmp_path, capsys):
     root = tmp_path / "sweep"
     (root).mkdir()
