@@ -40,6 +40,12 @@ def test_demodulated_convolution_keeps_unit_variance():
     assert out.var().item() == pytest.approx(1.0, abs=0.05)
     per_example = out.flatten(1).var(1)
     assert per_example.min() > 0.8 and per_example.max() < 1.2
+    # it is the convolution of each example with its own modulated, demodulated weights
+    for i in range(2):
+        w_i = weight * styles[i].view(1, -1, 1, 1)
+        w_i = w_i / w_i.square().sum((1, 2, 3), keepdim=True).sqrt()
+        per = torch.nn.functional.conv2d(x[i : i + 1], w_i, padding=1)
+        assert torch.allclose(modulated_conv2d(x[i : i + 1], weight, styles[i : i + 1]), per, atol=1e-4)
     # without demodulation the variance follows the styles and weights
     assert modulated_conv2d(x, weight, styles, demodulate=False)[:, :, 1:-1, 1:-1].var().item() > 10
 

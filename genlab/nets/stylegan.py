@@ -76,14 +76,18 @@ class MappingNetwork(nn.Module):
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True) -> Tensor:
     """Convolve each example of x [B, I, H, W] with ``weight`` [O, I, k, k] scaled per input
     channel by its style [B, I] and, with ``demodulate``, rescaled per output channel to unit
-    norm: for inputs of unit variance the outputs then have unit variance (StyleGAN2, eq. 3)."""
-    b, c_in, h, w = x.shape
-    wt = weight.unsqueeze(0) * styles.view(b, 1, c_in, 1, 1)  # [B, O, I, k, k]
+    norm: for inputs of unit variance the outputs then have unit variance (StyleGAN2, eq. 3).
+
+    Computed as StyleGAN2's non-fused form: scale the input channels, one ordinary convolution
+    with the shared weight, scale the output channels by the demodulation coefficients
+    1 / sqrt(sum_{i,k} (s_i w_oik)^2); the same numbers as a grouped convolution with per-example
+    weights, and faster on a CPU."""
+    b = x.shape[0]
+    out = F.conv2d(x * styles.view(b, -1, 1, 1).to(x.dtype), weight.to(x.dtype), padding=weight.shape[-1] // 2)
     if demodulate:
-        wt = wt * torch.rsqrt(wt.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-    out = F.conv2d(x.reshape(1, b * c_in, h, w), wt.reshape(-1, c_in, *weight.shape[2:]).to(x.dtype),
-                   padding=weight.shape[-1] // 2, groups=b)
-    return out.view(b, -1, h, w)
+        coefficients = torch.rsqrt(styles.float().square() @ weight.float().square().sum((2, 3)).t() + 1e-8)
+        out = out * coefficients.view(b, -1, 1, 1).to(out.dtype)
+    return out
 
 
 class ModulatedConv(nn.Module):
