@@ -68,7 +68,7 @@ class WaveNet(AutoregressiveModel):
 
     @property
     def receptive_field(self) -> int:
-        """Samples one prediction depends on (the shift by one included)."""
+        """How many past samples one prediction sees: x_t's logits depend on x_{t-rf} .. x_{t-1}."""
         return self.stack.receptive_field
 
     def _cond(self, y: Optional[Tensor]) -> Optional[Tensor]:

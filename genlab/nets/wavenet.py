@@ -49,15 +49,14 @@ class GatedResidualLayer(nn.Module):
         self.padding = (reach, 0) if causal else (reach // 2, reach // 2)
         self.conv = nn.Conv1d(channels, 2 * channels, kernel_size, dilation=dilation)
         self.cond = nn.Conv1d(cond_channels, 2 * channels, 1, bias=False) if cond_channels else None
-        self.res = nn.Conv1d(channels, channels, 1)
-        self.skip = nn.Conv1d(channels, skip_channels, 1)
+        self.out = nn.Conv1d(channels, channels + skip_channels, 1)  # residual and skip in one 1x1
 
     def _out(self, pre: Tensor, h: Tensor, cond: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         if cond is not None:
             pre = pre + cond
         a, b = pre.chunk(2, dim=1)
-        z = torch.tanh(a) * torch.sigmoid(b)
-        return h + self.res(z), self.skip(z)
+        res, skip = self.out(torch.tanh(a) * torch.sigmoid(b)).split([h.shape[1], self.out.out_channels - h.shape[1]], 1)
+        return h + res, skip
 
     def forward(self, h: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """h [B, C, T]; cond [B, Cc, T] or [B, Cc, 1] (one vector per clip)."""
@@ -69,7 +68,7 @@ class GatedResidualLayer(nn.Module):
         its inputs at t - (k-1) d .. t - 1 (slot s mod length). Updates the queue in place."""
         length = queue.shape[2]
         slots = [(t - (self.kernel_size - 1 - j) * self.dilation) % length for j in range(self.kernel_size - 1)]
-        taps = torch.cat([queue[:, :, slots], h], dim=2)  # [B, C, k]: the kernel's inputs, oldest first
+        taps = torch.cat([queue[:, :, s:s + 1] for s in slots] + [h], dim=2)  # [B, C, k], oldest first
         if length:
             queue[:, :, t % length] = h[:, :, 0]
         return self._out(F.conv1d(taps, self.conv.weight, self.conv.bias), h, cond)
