@@ -49,6 +49,8 @@ class WaveGlow(GenerativeModel):
     family = "vocoder"
     likelihood = "bound"
     step_metrics = ("loss",)
+    #: EMA averages the flow only: the stored reference clips (uint8) must not be averaged
+    averaged_module = "flow"
 
     def __init__(
         self,
@@ -90,6 +92,7 @@ class WaveGlow(GenerativeModel):
                                  actnorm, invconv)
         # held-out clips to vocode from, saved with the weights (filled at the start of training)
         self.register_buffer("references", torch.zeros(references, *self.data_shape, dtype=torch.uint8))
+        self.register_buffer("reference_labels", torch.full((references,), -1, dtype=torch.long))
         self.register_buffer("references_filled", torch.tensor(False))
 
     @property
@@ -129,8 +132,9 @@ class WaveGlow(GenerativeModel):
         if not bool(self.references_filled):
             data = self.trainer.datamodule.split_dataset("val")
             n = min(len(data), self.references.shape[0])
-            clips = torch.stack([data[i][0] for i in range(n)]).to(self.references.device)
-            self.references.copy_(clips.repeat(math.ceil(self.references.shape[0] / n), 1, 1)[: len(self.references)])
+            index = torch.arange(len(self.references)) % n
+            self.references.copy_(torch.stack([data[int(i)][0] for i in index]))
+            self.reference_labels.copy_(torch.as_tensor([int(data[int(i)][1]) for i in index]))
             self.references_filled.fill_(True)
 
     def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
@@ -145,7 +149,8 @@ class WaveGlow(GenerativeModel):
 
     # ----- the primitives of genlab.samplers.vocoder --------------------------------------
     def conditioning_clips(self, n: int) -> Tensor:
-        """n held-out clips (the stored references, cycled) whose mel-spectrograms to vocode."""
+        """n held-out clips (the stored references, cycled) whose mel-spectrograms to vocode; their
+        labels (digit or speaker) are ``reference_labels`` in the same order."""
         if not bool(self.references_filled):
             raise ConfigError("this WaveGlow holds no reference clips to vocode: they are taken from the "
                               "validation split when training starts; sample from a trained checkpoint")
