@@ -51,6 +51,8 @@ class WaveGlow(GenerativeModel):
     step_metrics = ("loss",)
     #: EMA averages the flow only: the stored reference clips (uint8) must not be averaged
     averaged_module = "flow"
+    data_dims = 2
+    fixed_vocab_size = None
 
     def __init__(
         self,
@@ -73,9 +75,8 @@ class WaveGlow(GenerativeModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
-        super().__init__(tuple(data_shape), num_classes, optimizer, scheduler)
-        self.data_shape = tuple(int(s) for s in data_shape)
-        if len(self.data_shape) != 2 or self.data_shape[0] != 1:
+        super().__init__(data_shape, num_classes, optimizer, scheduler, vocab_size=vocab_size)
+        if self.data_shape[0] != 1:
             raise ConfigError(f"model=waveglow models mono audio of data_shape [1, T]; the dataset gives "
                               f"{list(self.data_shape)}. Pick an audio dataset (dataset=fsdd).")
         require_positive("model", vocab_size=vocab_size, sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft,
@@ -86,18 +87,14 @@ class WaveGlow(GenerativeModel):
                               f"(dataset's data_shape); e.g. model.groups=8 with a length that is a multiple of 8")
         if kernel_size % 2 == 0:
             raise ConfigError(f"model.kernel_size={kernel_size} must be odd (the coupling networks are centred)")
-        self.vocab_size, self.groups = int(vocab_size), int(groups)
+        self.groups = int(groups)
         self.mel = LogMel(sample_rate, n_fft, hop_length, n_mels)
         self.flow = WaveGlowFlow(groups, n_mels * groups, steps, hidden, layers, kernel_size, scale_bound,
                                  actnorm, invconv)
         # held-out clips to vocode from, saved with the weights (filled at the start of training)
-        self.register_buffer("references", torch.zeros(references, *self.data_shape, dtype=torch.uint8))
+        self.register_buffer("references", torch.zeros(references, *self.data_shape, dtype=self.value_dtype))
         self.register_buffer("reference_labels", torch.full((references,), -1, dtype=torch.long))
         self.register_buffer("references_filled", torch.tensor(False))
-
-    @property
-    def num_dims(self) -> int:
-        return self.data_shape[0] * self.data_shape[1]
 
     # ----- conditioning -------------------------------------------------------------------
     def condition(self, x: Tensor) -> Tensor:
@@ -166,4 +163,4 @@ class WaveGlow(GenerativeModel):
                                       device=clips.device, dtype=cond.dtype)
         with torch.autocast(device_type=clips.device.type, enabled=False):
             u = unsqueeze_audio(self.flow.inverse(z, cond), self.groups)
-        return (u * self.vocab_size).floor().clamp(0, self.vocab_size - 1).to(torch.uint8)
+        return (u * self.vocab_size).floor().clamp(0, self.vocab_size - 1).to(self.value_dtype)

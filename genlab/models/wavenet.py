@@ -23,7 +23,7 @@ from torch import Tensor
 
 from genlab.checks import require_positive
 from genlab.errors import ConfigError
-from genlab.models.autoregressive import LOG2, AutoregressiveModel
+from genlab.models.autoregressive import AutoregressiveModel
 from genlab.nets.wavenet import StepCache, WaveNetStack, dilations
 
 
@@ -31,6 +31,8 @@ class WaveNet(AutoregressiveModel):
     """Inputs are the embeddings of the previous samples (the sequence shifted right by one, zeros
     before the first); a causal stack of ``stacks`` x ``layers_per_stack`` layers with dilations
     1, 2, ..., 2**(layers_per_stack - 1); ``vocab_size`` logits per sample."""
+
+    data_dims = 2
 
     def __init__(
         self,
@@ -46,25 +48,19 @@ class WaveNet(AutoregressiveModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
-        super().__init__(data_shape, num_classes, conditional, optimizer, scheduler)
-        self.data_shape = tuple(int(s) for s in data_shape)
-        if len(self.data_shape) != 2 or self.data_shape[0] != 1:
+        super().__init__(data_shape, num_classes, conditional, optimizer, scheduler, vocab_size)
+        if self.data_shape[0] != 1:
             raise ConfigError(f"model=wavenet models mono audio of data_shape [1, T]; the dataset gives "
                               f"{list(self.data_shape)}. Pick an audio dataset (dataset=fsdd).")
         require_positive("model", vocab_size=vocab_size, channels=channels, skip_channels=skip_channels,
                          layers_per_stack=layers_per_stack, stacks=stacks)
         if kernel_size < 2:
             raise ConfigError(f"model.kernel_size={kernel_size} must be at least 2 (a causal kernel sees the past)")
-        self.vocab_size = int(vocab_size)
         self.value_embedding = nn.Embedding(self.vocab_size, channels)
         self.label_embedding = nn.Embedding(num_classes, channels) if self.conditional else None
         self.stack = WaveNetStack(channels, self.vocab_size, channels, skip_channels,
                                   dilations(layers_per_stack, stacks), kernel_size,
                                   cond_channels=channels if self.conditional else 0)
-
-    @property
-    def num_dims(self) -> int:
-        return self.data_shape[0] * self.data_shape[1]
 
     @property
     def receptive_field(self) -> int:
@@ -84,15 +80,10 @@ class WaveNet(AutoregressiveModel):
         """Logits [B, vocab_size, T]: position t sees the embeddings of positions < t only."""
         return self.stack(F.pad(h, (1, -1)), self._cond(y))
 
-    def log_probs(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """log p(x_t | x_<t) in nats for every sample, shape [B, 1, T]."""
-        logits = self.logits(x, y)
-        # at least float32 (under bf16 autocast too), float64 kept
-        log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
-        return log_p.gather(1, x.long())
-
-    def nll_bits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        return -self.log_probs(x, y).flatten(1).sum(1) / LOG2
+    def window(self, position: Sequence[int]) -> list[tuple[int, int]]:
+        """The receptive field before sample t and t itself: all the exact logits of t need."""
+        (t,) = position
+        return [(max(0, t - self.receptive_field), t + 1)]
 
     def new_cache(self, batch: int) -> StepCache:
         return self.stack.new_cache(batch)
