@@ -58,8 +58,8 @@ def wandb_offline() -> bool:
 
 def _default_fid_extractor(dataset_name: str) -> str:
     # The tiny embedded digits are far from Inception's domain; genlab's own classifier also
-    # needs no download, which keeps the default run offline.
-    return "classifier" if dataset_name == "digits" else "inception"
+    # needs no download, which keeps the default run offline. Inception sees only pictures.
+    return "classifier" if dataset_name in ("digits", "fsdd") else "inception"
 
 
 def sweep_group() -> Optional[str]:

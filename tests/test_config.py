@@ -21,7 +21,7 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_its_options():
-    assert {"digits", "mnist", "fashion_mnist", "cifar10", "image_folder"} <= set(options("dataset"))
+    assert {"digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "fsdd"} <= set(options("dataset"))
     assert {"vae", "cvae"} <= set(options("model"))
     assert {"cpu", "gpu", "ddp", "ddp_cpu", "slurm", "auto"} <= set(options("hardware"))
     assert {"wandb", "tensorboard", "csv", "none"} <= set(options("logger"))
@@ -36,7 +36,8 @@ def test_dataset_options_instantiate(name, tmp_path, tiny_folder):
         overrides.append(f"dataset.root={tiny_folder}")
     cfg = compose_cfg(overrides=overrides, output_dir=tmp_path)
     datamodule = instantiate(cfg.dataset, "dataset")
-    assert datamodule.data_shape == (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    # what the config states for the models is what the data has
+    assert datamodule.data_shape == tuple(cfg.dataset.data_shape) and datamodule.vocab_size == cfg.dataset.vocab_size
 
 
 @pytest.mark.parametrize("name", options("model"))

@@ -41,7 +41,10 @@ def default_cache_dir() -> str:
 
 class FIDCallback(pl.Callback):
     """Logs ``val/fid_<extractor>`` after validation epochs and ``test/fid_<extractor>`` after
-    testing (plus ``kid_<extractor>`` and ``isc_<extractor>`` when asked).
+    testing (plus ``kid_<extractor>`` and ``isc_<extractor>`` when asked). For a conditional
+    model measured with genlab's classifier, also ``class_acc_classifier``: the share of samples
+    the classifier assigns to the class they were drawn for. The data's modality chooses which
+    extractors fit (``callbacks.fid.extractor``).
 
     ``num_samples`` generated images are compared with the first ``num_samples`` images of the
     split (reference statistics cached under ``cache_dir``). The model's sampler is
@@ -89,6 +92,7 @@ class FIDCallback(pl.Callback):
     def metric_names(self, model: Any) -> list[str]:
         """The validation metrics this callback logs (for checking ``objective`` up front)."""
         kinds = ["fid"] + ["kid"] * self.kid + ["isc"] * self.isc
+        kinds += ["class_acc"] * (self.extractor_name == "classifier" and bool(getattr(model, "conditional", False)))
         return [f"val/{kind}_{self.extractor_name}" for kind in kinds]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -143,7 +147,7 @@ class FIDCallback(pl.Callback):
                     f"{type(sampler).__name__} returned {images.dtype} {tuple(images.shape)}; FID "
                     f"needs uint8 data of shape {(hi - lo, *shape)} (the dataset's)."
                 )
-            return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS
+            return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS or classes
 
         was_training = model.training
         model.eval()
@@ -162,6 +166,9 @@ class FIDCallback(pl.Callback):
             values[f"{split}/kid_{name}"] = kernel_distance(features, ref_features, self.seed)
         if extractor.isc_layer:
             values[f"{split}/isc_{name}"] = inception_score(gathered[:, fid_dim:], self.seed)
+        if extractor.class_layer and conditional:
+            asked = torch.arange(len(gathered)) % model.num_classes  # the labels sample_features drew with
+            values[f"{split}/class_acc_{name}"] = float((gathered[:, fid_dim:].argmax(1) == asked).double().mean())
         log.info(
             "%s (%d samples vs %d %s images, %s) in %.1fs",
             ", ".join(f"{k}={v:.4f}" for k, v in values.items()),

@@ -31,5 +31,5 @@ class SampleGrid(pl.Callback):
             samples = pl_module.sampler.sample(pl_module, self.n).cpu()
         pl_module.train(was_training)
         modality = trainer.datamodule.modality
-        modality.save(samples, self.dirpath / f"epoch{trainer.current_epoch:03d}-step{trainer.global_step:06d}")
-        modality.log(samples, trainer.loggers, trainer.global_step)
+        written = modality.save(samples, self.dirpath / f"epoch{trainer.current_epoch:03d}-step{trainer.global_step:06d}")
+        modality.log(samples, trainer.loggers, trainer.global_step, files=written)

@@ -284,7 +284,8 @@ class FeatureExtractor:
 
     ``name`` is short and goes into metric names; ``key`` identifies the extractor exactly (it
     includes a hash of the weights file) and goes into cache keys. The module's first requested
-    layer gives the FID features, a second one (if any) the Inception Score's logits.
+    layer gives the FID features; a second one is either ``class_layer`` (genlab's classifier:
+    its argmax is the dataset's class) or the Inception Score's logits.
     ``extract`` maps uint8 images to float64 features on the CPU, in batches, on ``device``.
     """
 
@@ -296,11 +297,13 @@ class FeatureExtractor:
         device: DeviceLike = "cpu",
         batch_size: int = 256,
         grey_to_rgb: bool = False,
+        class_layer: Optional[str] = None,
     ) -> None:
         self.name = name
         self.key = key
         self.fid_layer, *rest = module.get_requested_features_list()
-        self.isc_layer: Optional[str] = rest[0] if rest else None
+        self.class_layer = class_layer
+        self.isc_layer: Optional[str] = next((layer for layer in rest if layer != class_layer), None)
         self.device = torch.device(device)
         self.module = module.to(self.device)
         self.batch_size = batch_size
@@ -379,7 +382,7 @@ def build_feature_extractor(
     check_extractor(extractor, datamodule, weights_path, isc)
     if extractor == "classifier":
         path = ensure_classifier(datamodule, cache_dir, device)
-        fidelity_name, layers, batch_size = CLASSIFIER_FIDELITY_NAME, ["features"], 512
+        fidelity_name, layers, batch_size = CLASSIFIER_FIDELITY_NAME, ["features", "logits"], 512
     else:
         path = inception_weights(weights_path)
         fidelity_name, layers, batch_size = INCEPTION_FIDELITY_NAME, ["2048"], 64
@@ -391,7 +394,8 @@ def build_feature_extractor(
     with open(path, "rb") as f:
         weights_sha1 = hashlib.file_digest(f, "sha1").hexdigest()
     key = f"{fidelity_name}/{layers[0]}/{weights_sha1[:16]}"
-    return FeatureExtractor(extractor, key, module, device, batch_size, grey_to_rgb=extractor == "inception")
+    return FeatureExtractor(extractor, key, module, device, batch_size, grey_to_rgb=extractor == "inception",
+                            class_layer="logits" if extractor == "classifier" else None)
 
 
 # --------------------------------------------------------------------------- statistics

@@ -6,7 +6,8 @@ The interface (``Modality``):
 
 - ``save(samples, stem, nrow)``: write samples [N, *data_shape] next to ``stem`` (images:
   ``stem.png``, a grid), returning the files written;
-- ``log(samples, loggers, step, tag)``: send them to the W&B / TensorBoard loggers;
+- ``log(samples, loggers, step, tag, files)``: send them to the W&B / TensorBoard loggers
+  (``files``: what ``save`` wrote for them);
 - ``extractors``: the FID feature extractors that can measure this data;
 - ``classifier_arch(num_classes)`` and ``classifier_net(**arch)``: the small classifier genlab
   trains once per dataset for the ``classifier`` FID extractor (its arch is saved with it).
@@ -34,8 +35,10 @@ class Modality:
         """Write ``samples`` [N, *data_shape] as files named after ``stem``; returns their paths."""
         raise NotImplementedError
 
-    def log(self, samples: Tensor, loggers: Sequence[Any], step: int, tag: str = "samples") -> None:
-        """Send ``samples`` to the experiment loggers that can show them."""
+    def log(self, samples: Tensor, loggers: Sequence[Any], step: int, tag: str = "samples",
+            files: Sequence[Path] = ()) -> None:
+        """Send ``samples`` to the experiment loggers that can show them; ``files`` are what
+        ``save`` wrote for them (a logger that takes files is given those)."""
         raise NotImplementedError
 
     def classifier_arch(self, num_classes: int) -> dict[str, int]:
@@ -50,9 +53,10 @@ class Modality:
 
 def modality_class(name: str) -> type[Modality]:
     """The modality saved under ``name`` (a fixed table: a stored file never picks other code)."""
+    from genlab.modalities.audio import AudioModality
     from genlab.modalities.image import ImageModality
 
-    table: dict[str, type[Modality]] = {cls.name: cls for cls in (ImageModality,)}
+    table: dict[str, type[Modality]] = {cls.name: cls for cls in (ImageModality, AudioModality)}
     if name not in table:
         raise ValueError(f"unknown modality {name!r}; genlab knows {sorted(table)}")
     return table[name]

@@ -37,7 +37,8 @@ class ImageModality(Modality):
         save_grid(samples, path, nrow)
         return [path]
 
-    def log(self, samples: Tensor, loggers: Sequence[Any], step: int, tag: str = "samples") -> None:
+    def log(self, samples: Tensor, loggers: Sequence[Any], step: int, tag: str = "samples",
+            files: Sequence[Path] = ()) -> None:
         grid = image_grid(samples)
         for logger in loggers:
             if isinstance(logger, WandbLogger):

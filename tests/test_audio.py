@@ -1,0 +1,215 @@
+"""Audio (issue 12): the FSDD loader on the real shared files, a broken WAV named, mu-law, the audio
+modality's WAV / PNG / W&B / TensorBoard outputs and the spoken-digit classifier metric.
+
+No audio family lives here (WaveNet and WaveGlow are another branch): a tiny causal convolution
+over [C, T] stands in, through the autoregressive family's generic contract.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from scipy.io import wavfile
+from torch import nn
+
+from genlab.callbacks.fid import FIDCallback
+from genlab.callbacks.samples import SampleGrid
+from genlab.config import instantiate
+from genlab.data import FSDDDataModule
+from genlab.data.fsdd import center_fit
+from genlab.errors import ConfigError, DataError
+from genlab.modalities.audio import mu_law_decode, mu_law_encode
+from genlab.models.autoregressive import AutoregressiveModel
+from genlab.samplers.autoregressive import AutoregressiveSampler
+
+from conftest import SHARED_DATA, compose_cfg
+
+FSDD = SHARED_DATA / "fsdd"
+LENGTH = 1024
+
+
+@pytest.fixture(scope="module")
+def fsdd():
+    if not (FSDD / "recordings.tar.gz").is_file():
+        pytest.skip(f"FSDD not present at {FSDD}")
+    data = FSDDDataModule(root=str(FSDD), length=LENGTH, batch_size=32, download=False)
+    data.setup()
+    return data
+
+
+class TinyCausal(AutoregressiveModel):
+    """Logits of x[t] from x[t-2], x[t-1] and the class: the smallest causal model of [C, T]."""
+
+    data_dims = 2
+
+    def __init__(self, data_shape=(1, LENGTH), num_classes: int = 10, vocab_size: int = 256) -> None:
+        super().__init__(data_shape, num_classes, conditional=True, vocab_size=vocab_size)
+        c = self.data_shape[0]
+        self.inp = nn.Embedding(vocab_size, 8)
+        self.conv = nn.Conv1d(8 * c, 16, 2)
+        self.cls = nn.Embedding(num_classes, 16)
+        self.out = nn.Conv1d(16, c * vocab_size, 1)
+
+    def logits(self, x, y=None):
+        h = self.inp(x.long()).permute(0, 1, 3, 2).flatten(1, 2)  # [B, 8C, T]
+        h = self.conv(F.pad(h, (2, -1))) + self.cls(self._labels(y))[:, :, None]  # t sees t-2, t-1
+        return self.out(torch.relu(h))
+
+    def window(self, position):
+        return [(max(0, position[0] - 2), position[0] + 1)]
+
+
+# ----- the loader ---------------------------------------------------------------------------
+
+def test_fsdd_splits_labels_and_shape_follow_upstream(fsdd):
+    sizes = {s: len(fsdd.split_dataset(s)) for s in ("train", "val", "test")}
+    # index 0-4 of each digit and speaker is test (10 x 6 x 5); 10% of the other 2,700 is val
+    assert sizes == {"train": 2430, "val": 270, "test": 300}
+    test = fsdd.split_dataset("test")
+    assert test.images.shape == (300, 1, LENGTH) and test.images.dtype == torch.uint8
+    assert torch.equal(test.labels.bincount(), torch.full((10,), 30))
+    assert fsdd.data_shape == (1, LENGTH) and fsdd.vocab_size == 256 and fsdd.modality.name == "audio"
+    # the same files with the speaker as label: 6 speakers, 50 test clips each
+    by_speaker = FSDDDataModule(root=str(FSDD), length=64, label="speaker", num_classes=6, download=False)
+    assert torch.equal(by_speaker.split_dataset("test").labels.bincount(), torch.full((6,), 50))
+    with pytest.raises(DataError, match="dataset.num_classes=10 but fsdd has 6 classes"):
+        FSDDDataModule(root=str(FSDD), label="speaker", num_classes=10).check()
+
+
+def test_mu_law_round_trip_error_is_within_half_a_step(fsdd):
+    x = fsdd.split_dataset("val").images[:50]
+    assert torch.equal(mu_law_encode(mu_law_decode(x)), x)  # every level decodes to a point of its own cell
+    s = torch.linspace(-1, 1, 20001)
+    err = (mu_law_decode(mu_law_encode(s)) - s).abs()
+    mu = 255
+    # half a level is 1/mu in the companded domain; the expansion is convex, so its slope at the
+    # far end of that half level bounds the error
+    f = torch.log1p(mu * s.abs()) / math.log1p(mu)
+    half_step = ((1 + mu) ** (f + 1 / mu) - (1 + mu) ** f) / mu
+    assert (err <= half_step + 1e-6).all() and err.max() < 0.022 and err[s.abs() < 0.01].max() < 3e-4  # ~70x finer near silence
+    assert int(mu_law_encode(torch.zeros(1))) == 128  # silence (the padding) is the middle value
+
+
+def test_center_fit_crops_and_pads_about_the_centre():
+    assert center_fit(np.arange(10.0), 4).tolist() == [3, 4, 5, 6]
+    assert center_fit(np.arange(1.0, 4.0), 6).tolist() == [0, 1, 2, 3, 0, 0]
+
+
+def test_a_broken_or_foreign_wav_is_named(tmp_path):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for name in ("3_ann_7.wav", "4_bob_8.wav", "2_ann_9.wav", "1_bob_2.wav"):
+        wavfile.write(folder / name, 8000, (np.sin(np.arange(900) / 5) * 9000).astype(np.int16))
+    (folder / "5_ann_9.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt broken")
+    data = FSDDDataModule(root=str(tmp_path), length=256, val_fraction=0.25, download=False)
+    with pytest.raises(DataError, match=r"5_ann_9.wav is not a readable WAV file"):
+        data.setup()
+    good = (folder / "3_ann_7.wav").read_bytes()
+    (folder / "5_ann_9.wav").write_bytes(good[: len(good) // 2])  # cut short: the header promises more
+    with pytest.raises(DataError, match=r"5_ann_9.wav is not a readable WAV file.*Reached EOF prematurely"):
+        FSDDDataModule(root=str(tmp_path), length=256, val_fraction=0.25).setup()
+    wavfile.write(folder / "5_ann_9.wav", 16000, np.zeros(100, np.int16))
+    with pytest.raises(DataError, match=r"5_ann_9.wav is sampled at 16000 Hz, not 8000"):
+        FSDDDataModule(root=str(tmp_path), length=256, val_fraction=0.25).setup()
+    (folder / "notes.wav").write_bytes(b"")
+    with pytest.raises(DataError, match=r"notes.wav is not named \{digit\}_\{speaker\}_\{index\}.wav"):
+        FSDDDataModule(root=str(tmp_path), length=256).check()
+    with pytest.raises(DataError, match=r"holds neither recordings/.*dataset.download=true"):
+        FSDDDataModule(root=str(tmp_path / "empty"), download=False).check()
+
+
+def test_an_image_family_refuses_audio_data_naming_the_key(tmp_path):
+    cfg = compose_cfg(overrides=["dataset=fsdd", "model=pixelcnn", f"paths.data_dir={tmp_path}"])
+    assert list(cfg.model.data_shape) == [1, 4096]
+    with pytest.raises(ConfigError, match=r"dataset.data_shape=\[1, 4096\] has 2 axes.*PixelCNN.*3 axes"):
+        instantiate(cfg.model, "model")
+
+
+def test_the_autoregressive_sampler_walks_time_with_the_window_or_without():
+    model = TinyCausal((2, 40), vocab_size=300).eval()  # two channels, more than 8 bits
+    labels = torch.tensor([1, 7, 3])
+    with torch.no_grad():
+        torch.manual_seed(0)
+        cached = AutoregressiveSampler().sample(model, 3, labels)
+        torch.manual_seed(0)
+        full = AutoregressiveSampler(cache=False).sample(model, 3, labels)
+    assert cached.shape == (3, 2, 40) and cached.dtype == torch.int32 and int(cached.max()) > 255
+    assert torch.equal(cached, full)
+    # exact likelihood over [C, T]: the sum of per-value conditionals, in bits
+    nll = model.nll_bits(cached, labels)  # an untrained model is close to uniform: log2(300) per value
+    assert nll.shape == (3,) and abs(float(nll.mean()) / (80 * math.log2(300)) - 1) < 0.05
+
+
+# ----- outputs and the metric, through a Trainer ------------------------------------------
+
+class RealClips:
+    """A stand-in sampler that 'draws' real test clips of the asked digits (or noise)."""
+
+    def __init__(self, data, noise: bool = False) -> None:
+        self.data, self.noise = data, noise
+
+    def sample(self, model, n, labels=None):
+        if self.noise:
+            return torch.randint(0, 256, (n, *self.data.images.shape[1:]), dtype=torch.uint8)
+        picks = [int(torch.nonzero(self.data.labels == int(c))[i // 10 % 30]) for i, c in enumerate(labels)]
+        return self.data.images[picks]
+
+
+def test_spoken_digit_fid_and_class_accuracy_tell_real_clips_from_noise(fsdd, cache_dir):
+    model = TinyCausal()
+    callback = FIDCallback(extractor="classifier", num_samples=100, chunk_size=50, cache_dir=str(cache_dir))
+    assert callback.metric_names(model) == ["val/fid_classifier", "val/class_acc_classifier"]
+    real = callback.compute(model, RealClips(fsdd.split_dataset("test")), fsdd, "val")
+    noise = callback.compute(model, RealClips(fsdd.split_dataset("test"), noise=True), fsdd, "val")
+    assert real["val/class_acc_classifier"] > 0.8 > 0.3 > noise["val/class_acc_classifier"]
+    assert real["val/fid_classifier"] * 5 < noise["val/fid_classifier"]
+    with pytest.raises(ConfigError, match="extractor=inception cannot measure the audio data.*extractor=classifier"):
+        FIDCallback(extractor="inception").check(fsdd)
+
+
+@pytest.mark.slow
+def test_training_writes_wavs_and_a_png_and_sends_audio_to_wandb_and_tensorboard(fsdd, tmp_path, cache_dir):
+    from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from wandb_records import history, read_records
+
+    model = TinyCausal()
+    model.sampler = AutoregressiveSampler()
+    loggers = [WandbLogger(save_dir=str(tmp_path), offline=True, project="t"),
+               TensorBoardLogger(str(tmp_path / "tb"), name="", version="")]
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=loggers, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[SampleGrid(str(tmp_path / "samples"), n=3),
+                   FIDCallback(extractor="classifier", num_samples=20, chunk_size=20, cache_dir=str(cache_dir))],
+    )
+    trainer.fit(model, datamodule=fsdd)
+    assert 0 <= trainer.callback_metrics["val/class_acc_classifier"] <= 1
+    loggers[0].experiment.finish()
+
+    stem = tmp_path / "samples" / "epoch000-step000002"
+    assert stem.with_suffix(".png").stat().st_size > 5000
+    rate, pcm = wavfile.read(tmp_path / "samples" / "epoch000-step000002-002.wav")
+    assert rate == 8000 and pcm.dtype == np.int16 and pcm.shape == (LENGTH,)
+    assert not (tmp_path / "samples" / "epoch000-step000002-003.wav").exists()
+    # the 16-bit file holds the decoded mu-law clip the model drew (to 16-bit rounding)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        drawn = model.sampler.sample(model.eval(), 3)
+    assert np.abs(pcm / 32767 - mu_law_decode(drawn[2, 0]).numpy()).max() < 1e-4
+
+    run = next((tmp_path / "wandb").glob("offline-run-*"))
+    rows = history(read_records(next(run.glob("run-*.wandb"))))
+    audio = [row for row in rows if row.get("samples/_type") == "audio"]
+    assert len(audio) == 1 and audio[0]["samples/count"] == 3
+    assert len(list((run / "files" / "media" / "audio").glob("samples_*.wav"))) == 3
+    assert any("val/fid_classifier" in row for row in rows)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"audio": 0})
+    events.Reload()
+    assert {"samples/0", "samples/2"} <= set(events.Tags()["audio"])
+    assert events.Audio("samples/0")[0].sample_rate == 8000
