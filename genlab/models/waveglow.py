@@ -32,17 +32,11 @@ from torch import Tensor
 from genlab.checks import require_positive
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
+from genlab.modalities.audio import mu_law_decode
 from genlab.nets.waveglow import LogMel, WaveGlowFlow, squeeze_audio, standard_normal_log_prob, unsqueeze_audio
 
 LOG2 = math.log(2.0)
 log = logging.getLogger(__name__)
-
-
-def mu_law_decode(x: Tensor, vocab_size: int) -> Tensor:
-    """Quantized mu-law values 0..V-1 -> waveform in [-1, 1] (mu = V - 1, as WaveNet)."""
-    mu = vocab_size - 1
-    y = 2 * x.float() / mu - 1
-    return torch.sign(y) * ((1 + mu) ** y.abs() - 1) / mu
 
 
 class WaveGlow(GenerativeModel):
@@ -71,7 +65,7 @@ class WaveGlow(GenerativeModel):
         scale_bound: float = 2.0,
         actnorm: bool = True,
         invconv: bool = True,
-        references: int = 16,
+        references: int = 256,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
     ) -> None:
