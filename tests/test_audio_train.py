@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from genlab.train import train
 from conftest import SHARED_DATA, compose_cfg
 
 FSDD = SHARED_DATA / "fsdd"
+REPO = Path(__file__).resolve().parents[1]
 DATA = [f"dataset.root={FSDD}", "dataset.download=false", "dataset.length=1024", "dataset.batch_size=8"]
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=1",
          "callbacks.bpd.max_examples=40", "callbacks.fid.num_samples=20", "callbacks.fid.chunk_size=20",
@@ -35,13 +37,13 @@ TINY = {
 pytestmark = pytest.mark.skipif(not (FSDD / "recordings.tar.gz").is_file(), reason=f"FSDD not present at {FSDD}")
 
 
-def _train(family: str, out) -> dict:
-    cfg = compose_cfg(overrides=[f"experiment={family}_fsdd", *DATA, *SHORT, *TINY[family]], output_dir=out)
+def _train(family: str, out, *extra: str) -> dict:
+    cfg = compose_cfg(overrides=[f"experiment={family}_fsdd", *DATA, *SHORT, *TINY[family], *extra], output_dir=out)
     train(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     final = metrics["final"]
-    for key in ("train/loss", "val/bpd", "test/bpd", "val/fid_classifier"):
+    for key in ("train/loss", "val/bpd", "test/bpd"):
         assert math.isfinite(final[key]), key
     assert 0 < final["test/bpd"] < 9  # bits per sample of 8-bit audio; untrained is about 8
     rate, pcm = wavfile.read(out / "samples" / "epoch000-step000003-002.wav")
@@ -59,7 +61,7 @@ def _sample(ckpt, out, *extra: str) -> np.ndarray:
 @pytest.mark.slow
 def test_wavenet_trains_on_fsdd_then_evaluates_and_samples_digits_from_its_checkpoint(tmp_path):
     final = _train("wavenet", tmp_path / "run")
-    assert 0 <= final["val/class_acc_classifier"] <= 1  # conditional: the share classified as asked
+    assert math.isfinite(final["val/fid_classifier"]) and 0 <= final["val/class_acc_classifier"] <= 1  # conditional: the share classified as asked
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     # the likelihood is exact: genlab-eval on the same weights gives the same bits per sample
     again = evaluate(compose_cfg("eval", overrides=[f"ckpt={ckpt}", "callbacks.fid=null", "trainer.limit_test_batches=1",
@@ -68,13 +70,11 @@ def test_wavenet_trains_on_fsdd_then_evaluates_and_samples_digits_from_its_check
     threes = _sample(ckpt, tmp_path / "threes", "classes=[3]")
     assert threes.shape == (4, 1, 1024) and threes.dtype == np.uint8
     np.testing.assert_array_equal(np.load(tmp_path / "threes" / "samples.npz")["labels"], [3, 3, 3, 3])
-    uncached = _sample(ckpt, tmp_path / "uncached", "classes=[3]", "+sampler.cache=false")
-    np.testing.assert_array_equal(threes, uncached)
 
 
 @pytest.mark.slow
 def test_waveglow_trains_on_fsdd_then_vocodes_its_stored_held_out_clips(tmp_path):
-    _train("waveglow", tmp_path / "run")
+    _train("waveglow", tmp_path / "run", "callbacks.fid=null")  # the metric's path is WaveNet's test
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert bool(state["references_filled"]) and (state["reference_labels"] >= 0).all()
@@ -89,7 +89,8 @@ def test_waveglow_trains_on_fsdd_then_vocodes_its_stored_held_out_clips(tmp_path
 
 @pytest.mark.slow
 def test_waveglow_trains_with_ddp_cpu_into_one_run_directory(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    # run from tmp_path, so that a directory made by another rank would show up there
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "genlab.train", "experiment=waveglow_fsdd", "hardware=ddp_cpu", *DATA, *SHORT,
          *TINY["waveglow"], "callbacks.fid=null", "trainer.limit_train_batches=2", f"hydra.run.dir={tmp_path / 'run'}"],
