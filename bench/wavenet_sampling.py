@@ -12,7 +12,7 @@ Two uncached references, both drawing from exactly the same conditionals:
 Every step of either is the same size of pass, so by default each is timed over ``--steps`` steps
 and multiplied up to 8,000; ``--full`` times the sampler's uncached path end to end (slow on a CPU).
 
-    python bench/wavenet_sampling.py [--n 10] [--steps 100] [--full] [--json bench/results/wavenet_sampling.json]
+    python -m bench.wavenet_sampling [--n 10] [--steps 100] [--full] [--json bench/results/wavenet_sampling.json]
 """
 
 from __future__ import annotations

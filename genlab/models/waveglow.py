@@ -79,6 +79,9 @@ class WaveGlow(GenerativeModel):
         if groups < 2 or length % groups:
             raise ConfigError(f"model.groups={groups} must be >= 2 and divide the clip length {length} "
                               f"(dataset's data_shape); e.g. model.groups=8 with a length that is a multiple of 8")
+        if length <= n_fft // 2:
+            raise ConfigError(f"clips of {length} samples are too short for model.n_fft={n_fft} (the mel-spectrogram "
+                              f"needs more than n_fft / 2 samples): lower model.n_fft or lengthen dataset.length")
         if kernel_size % 2 == 0:
             raise ConfigError(f"model.kernel_size={kernel_size} must be odd (the coupling networks are centred)")
         self.groups = int(groups)
