@@ -17,9 +17,13 @@ from genlab.entry import entry_point, hydra_main
 from genlab.errors import ConfigError
 from genlab.latents import write_direction, write_manifold
 from genlab.models.base import GenerativeModel
+from genlab.samplers.truncation import TruncationSampler, style_mixing_grid, truncation_grid
 from genlab.utils import seeded
 
 log = logging.getLogger("genlab")
+
+#: genlab-sample's grid= options (GAN family)
+GRIDS = ("truncation", "style_mixing")
 
 
 def check_arguments(cfg: DictConfig) -> None:
@@ -29,6 +33,10 @@ def check_arguments(cfg: DictConfig) -> None:
     if cfg.nrow is not None and (not is_int(cfg.nrow) or cfg.nrow < 1):
         raise ConfigError(f"nrow={cfg.nrow!r}: the images per grid row must be a positive integer "
                           "(or null: a square grid)")
+    if cfg.get("grid") is not None and cfg.grid not in GRIDS:
+        raise ConfigError(f"grid={cfg.grid!r} is not known: use one of {list(GRIDS)} (or null for samples)")
+    if cfg.get("grid") and (not is_int(cfg.grid_rows) or cfg.grid_rows < 1):
+        raise ConfigError(f"grid_rows={cfg.grid_rows!r} must be a positive integer")
     if cfg.get("interpolate") and (not is_int(cfg.interpolate_steps) or cfg.interpolate_steps < 2):
         raise ConfigError(f"interpolate_steps={cfg.interpolate_steps!r} must be an integer >= 2 (the two end points)")
     if cfg.get("direction") is not None and (not is_int(cfg.direction_rows) or cfg.direction_rows < 1):
@@ -81,6 +89,8 @@ def sample(cfg: DictConfig) -> Path:
         return write_direction(cfg, model, datamodule.split_dataset(cfg.interpolate_split), modality, output_dir)
     if cfg.get("interpolate"):
         return interpolate(cfg, model, sampler, output_dir)
+    if cfg.get("grid"):
+        return grid(cfg, model, sampler, output_dir)
     if cfg.classes is not None:
         _check_classes(list(cfg.classes), model)
         sampler.classes = list(cfg.classes)
@@ -96,6 +106,27 @@ def sample(cfg: DictConfig) -> Path:
     np.savez_compressed(output_dir / "samples.npz", **arrays)
     names = ", ".join(p.name for p in written[:3]) + (", ..." if len(written) > 3 else "")
     log.info("wrote %d samples to %s (%s, samples.npz)", cfg.n, output_dir, names)
+    return output_dir
+
+
+def grid(cfg: DictConfig, model: GenerativeModel, sampler: object, output_dir: Path) -> Path:
+    """A truncation grid (a row per latent, a column per psi) or a style mixing grid (StyleGAN)."""
+    rows = cfg.grid_rows
+    if not isinstance(sampler, TruncationSampler):
+        raise ConfigError(f"grid={cfg.grid}: the grid truncates styles, which the {model.family} family has not: it "
+                          f"needs the gan family (model=dcgan, model=stylegan) and sampler=truncation")
+    with seeded(cfg.seed):
+        if cfg.grid == "truncation":
+            psis = list(cfg.grid_psis)
+            labels = sampler.labels_for(model, rows)  # type: ignore[attr-defined]
+            images, nrow = truncation_grid(model, rows, psis, labels).cpu(), len(psis)
+        else:
+            psi = getattr(sampler, "psi", 1.0)
+            images, nrow = style_mixing_grid(model, rows, cfg.grid_layer, psi).cpu(), rows + 1
+    output_dir.mkdir(parents=True, exist_ok=True)
+    instantiate(cfg.dataset, "dataset").modality.save(images, output_dir / cfg.grid, nrow=nrow)
+    np.savez_compressed(output_dir / f"{cfg.grid}.npz", images=images.numpy())
+    log.info("wrote a %s grid to %s (%s.png, %s.npz)", cfg.grid, output_dir, cfg.grid, cfg.grid)
     return output_dir
 
 

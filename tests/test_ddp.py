@@ -42,6 +42,9 @@ def test_two_processes_give_the_same_fid_and_bpd_as_one(checkpoint, tmp_path):
     # order, so the numbers agree up to float summation order across processes.
     assert two["test/bpd"] == pytest.approx(one["test/bpd"], rel=1e-6)
     assert two["test/fid_classifier"] == pytest.approx(one["test/fid_classifier"], rel=1e-5)
+    # precision and recall come from the same gathered features: fractions of the samples, equal
+    for name in ("test/precision_classifier", "test/recall_classifier"):
+        assert two[name] == one[name]
 
 
 def test_ddp_training_writes_one_run_directory(tmp_path):

@@ -328,6 +328,62 @@ def test_callback_same_images_as_reference_give_zero(dm, fid_cache):
     assert model.training  # the mode is restored after sampling
 
 
+class InOrder:
+    """Hands out the given images in order, chunk after chunk."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images, self.next = images, 0
+
+    def sample(self, model, n, labels=None):
+        out = self.images[self.next : self.next + n]
+        self.next += n
+        return out
+
+
+def test_precision_recall_equal_torch_fidelity_on_the_same_images(dm, fid_cache):
+    """The callback's precision/recall = torch-fidelity's calculate_metrics(prc=True) on the same
+    generated and reference images with the same extractor, exactly (both are fractions of 180)."""
+    val = dm.split_dataset("val").tensors[0]
+    train = dm.split_dataset("train").tensors[0][:180]
+    noisy = (train.float() + 60 * torch.randn(train.shape, generator=torch.Generator().manual_seed(0)))
+    generated = torch.cat([train[:90], noisy[90:].clamp(0, 255).round().to(torch.uint8)])
+    callback = FIDCallback("classifier", num_samples=180, cache_dir=str(fid_cache), chunk_size=50)
+    values = callback.compute(StandInModel(InOrder(generated)), InOrder(generated), dm, "val")
+    theirs = torch_fidelity.calculate_metrics(
+        input1=ImagesDataset(generated), input2=ImagesDataset(val), prc=True,
+        feature_extractor=fid.CLASSIFIER_FIDELITY_NAME,
+        feature_extractor_weights_path=str(fid.classifier_path(dm, fid_cache)),
+        feature_layer_prc="features", cuda=False, cache=False, verbose=False,
+    )  # fmt: skip
+    assert values["val/precision_classifier"] == theirs[torch_fidelity.KEY_METRIC_PRECISION]
+    assert values["val/recall_classifier"] == theirs[torch_fidelity.KEY_METRIC_RECALL]
+    assert 0.1 < values["val/precision_classifier"] < 0.9  # neither trivially 0 nor 1
+
+    # mode seeking: images of two classes only look real (precision) but cover little (recall)
+    labels = dm.split_dataset("train").tensors[1]
+    two = dm.split_dataset("train").tensors[0][labels < 2][:180]
+    dropped = FIDCallback("classifier", num_samples=len(two), cache_dir=str(fid_cache)).compute(
+        StandInModel(InOrder(two)), InOrder(two), dm, "val")
+    assert dropped["val/precision_classifier"] > 0.8 and dropped["val/recall_classifier"] < 0.4
+
+
+def test_split_train_measures_against_the_train_split_with_its_own_cache(dm, fid_cache):
+    """callbacks.fid.split=train: the val stage's numbers (named val/...) measure the samples
+    against the train split, whose reference statistics have their own cache key."""
+    train = dm.split_dataset("train").tensors[0][:180]
+    own = FIDCallback("classifier", num_samples=180, cache_dir=str(fid_cache), chunk_size=60)
+    on_train = FIDCallback("classifier", num_samples=180, cache_dir=str(fid_cache), chunk_size=60, split="train")
+    against_val = own.compute(StandInModel(InOrder(train)), InOrder(train), dm, "val")
+    against_train = on_train.compute(StandInModel(InOrder(train)), InOrder(train), dm, "val")
+    assert against_train["val/fid_classifier"] < 1e-6 < against_val["val/fid_classifier"]  # the train images themselves
+    assert against_train["val/recall_classifier"] == 1.0
+    paths = {split: fid.reference_statistics(on_train.extractor, dm, split, 180, fid_cache)["path"]
+             for split in ("train", "val")}
+    assert paths["train"] != paths["val"] and paths["train"].is_file()
+    with pytest.raises(ConfigError, match="callbacks.fid.split='training'"):
+        FIDCallback("classifier", split="training")
+
+
 def test_missing_sampler_is_a_clear_error(dm, fid_cache):
     model = StandInModel(StandInSampler(None))
     del model.sampler

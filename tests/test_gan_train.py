@@ -177,8 +177,8 @@ def test_ddp_cpu_trains_with_manual_optimization(tmp_path):
     assert ckpt["global_step"] == 12 and int(ckpt["averaging_state"]["n_averaged"]) == 12
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("dcgan_*.yaml")))
-def test_every_dcgan_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_folder):
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*gan_*.yaml")))
+def test_every_gan_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_folder):
     overrides = [f"experiment={name}", "trainer.limit_train_batches=2", "trainer.max_epochs=1",
                  "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
                  "model.g_width=8", "model.d_width=8", "dataset.batch_size=16", "dataset.eval_batch_size=16",

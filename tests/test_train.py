@@ -148,8 +148,10 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 
 
 # Run by their families' own tests instead: GAN experiments have no bits/dim to assert on
-# (tests/test_gan_train.py); ddpm_* run at a small width (tests/test_diffusion_train.py).
-@pytest.mark.parametrize("name", [name for name in EXPERIMENTS if not name.startswith(("dcgan_", "ddpm_"))])
+# (tests/test_gan_train.py); ddpm_* run at a small width (tests/test_diffusion_train.py), and so
+# do the audio experiments, on short clips (tests/test_audio_train.py).
+@pytest.mark.parametrize("name", [name for name in EXPERIMENTS
+                                  if not name.startswith(("dcgan_", "stylegan_", "ddpm_", "wavenet_", "waveglow_"))])
 def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_folder):
     overrides = [f"experiment={name}", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
                  "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=1",

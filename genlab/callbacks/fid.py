@@ -1,4 +1,5 @@
-"""FID (optionally KID and IS) of a model's samples against a data split, as a Lightning callback.
+"""FID, precision and recall (optionally KID and IS) of a model's samples against a data split,
+as a Lightning callback.
 
 Every rank samples and extracts features for its share of fixed, seeded chunks
 (``genlab.metrics.distributed.map_chunks``); all features are gathered on every rank, so every
@@ -28,6 +29,7 @@ from genlab.metrics.fid import (
     frechet_distance,
     inception_score,
     kernel_distance,
+    precision_recall,
     reference_statistics,
     statistics,
 )
@@ -41,21 +43,22 @@ def default_cache_dir() -> str:
 
 class FIDCallback(pl.Callback):
     """Logs ``val/fid_<extractor>`` after validation epochs and ``test/fid_<extractor>`` after
-    testing (plus ``kid_<extractor>`` and ``isc_<extractor>`` when asked). For a conditional
-    model measured with genlab's classifier, also ``class_acc_classifier``: the share of samples
-    the classifier assigns to the class they were drawn for. The data's modality chooses which
-    extractors fit (``callbacks.fid.extractor``).
+    testing, with ``precision_<extractor>`` and ``recall_<extractor>`` (``prc``; improved
+    precision and recall, Kynkaanniemi et al., 2019, on the same features), and ``kid_<extractor>``
+    and ``isc_<extractor>`` when asked. For a conditional model measured with genlab's classifier,
+    also ``class_acc_classifier``: the share of samples the classifier assigns to the class they
+    were drawn for. The data's modality chooses which extractors fit (``callbacks.fid.extractor``).
 
-    ``num_samples`` generated images are compared with the first ``num_samples`` images of the
-    split, or of ``reference_split`` when set; by default (null) the whole train split stands in for
-    a split smaller than ``num_samples`` (digits' 180 validation images), since a small reference
-    raises the noise floor (reference statistics cached under ``cache_dir``).
-    Beside each FID it logs the reference size (``<split>/fid_<extractor>_ref_size``) and the
-    noise floor measured the same way (``<split>/fid_<extractor>_floor``): the FID of real
-    held-out images (the split itself when the reference is another split, else the train split, or val for
-    train)
-    against the same reference, at the same N. Differences below the floor mean nothing. The
-    model's sampler is ``pl_module.sampler`` and the data is ``trainer.datamodule``.
+    ``num_samples`` generated samples are compared with the first ``num_samples`` items of the
+    reference split: ``split`` when set (e.g. ``train``, the StyleGAN / StudioGAN convention, for
+    every stage), else the stage's own split; a stage split smaller than ``num_samples`` (digits'
+    180 validation images) is replaced by the whole train split, since a small reference raises the
+    noise floor (reference statistics cached under ``cache_dir``). Beside each FID it logs the
+    reference size (``<split>/fid_<extractor>_ref_size``) and the noise floor measured the same way
+    (``<split>/fid_<extractor>_floor``): the FID of real held-out items (the stage's split when the
+    reference is another split, else the train split, or val for train) against the same
+    reference, at the same N. Differences below the floor mean nothing. The model's sampler is
+    ``pl_module.sampler`` and the data is ``trainer.datamodule``.
     """
 
     def __init__(
@@ -69,7 +72,8 @@ class FIDCallback(pl.Callback):
         seed: int = 1234,
         kid: bool = False,
         isc: bool = False,
-        reference_split: Optional[str] = None,
+        prc: bool = True,
+        split: Optional[str] = None,
     ) -> None:
         super().__init__()
         if extractor not in EXTRACTORS:
@@ -77,6 +81,10 @@ class FIDCallback(pl.Callback):
                 f"callbacks.fid.extractor={extractor} is unknown; choose one of {list(EXTRACTORS)}."
             )
         require_positive("callbacks.fid", every_n_epochs=every_n_epochs, chunk_size=chunk_size)
+        if split not in (None, "train", "val", "test"):
+            raise ConfigError(
+                f"callbacks.fid.split={split!r}: use train, val, test or null (each stage's own split)."
+            )
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
             raise ConfigError(f"callbacks.fid.num_samples={num_samples!r} must be an integer >= 2 (a covariance).")
         self.extractor_name = extractor
@@ -88,7 +96,8 @@ class FIDCallback(pl.Callback):
         self.seed = int(seed)
         self.kid = kid
         self.isc = isc
-        self.reference_split = reference_split or None
+        self.prc = prc
+        self.split = split or None
         self.extractor: Optional[FeatureExtractor] = None
         #: the last values computed, e.g. {"val/fid_classifier": 12.3}
         self.last_metrics: dict[str, float] = {}
@@ -100,7 +109,7 @@ class FIDCallback(pl.Callback):
 
     def metric_names(self, model: Any) -> list[str]:
         """The validation metrics this callback logs (for checking ``objective`` up front)."""
-        kinds = ["fid"] + ["kid"] * self.kid + ["isc"] * self.isc
+        kinds = ["fid"] + ["precision", "recall"] * self.prc + ["kid"] * self.kid + ["isc"] * self.isc
         kinds += ["class_acc"] * (self.extractor_name == "classifier" and bool(getattr(model, "conditional", False)))
         return [f"val/{kind}_{self.extractor_name}" for kind in kinds]
 
@@ -133,18 +142,19 @@ class FIDCallback(pl.Callback):
             pl_module.log(name, value, prog_bar=True, rank_zero_only=False, sync_dist=False)
 
     def compute(self, model: Any, sampler: Any, datamodule: Any, split: str) -> dict[str, float]:
-        """Sample ``num_samples`` images and measure them against ``split``; returns e.g.
-        ``{"val/fid_classifier": 12.3}``. Runs on every rank (collective under DDP)."""
+        """Sample ``num_samples`` images and measure them against ``split`` (or the callback's
+        ``split`` when set); returns e.g. ``{"val/fid_classifier": 12.3}`` (named after the
+        stage ``split``). Runs on every rank (collective under DDP)."""
         if self.extractor is None:
             self._build(datamodule, model.device)
         extractor = self.extractor
         start = time.perf_counter()
-        ref_split, ref_n = self.reference_split or split, self.num_samples
-        if self.reference_split is None and len(datamodule.split_dataset(split)) < self.num_samples:
+        ref_split, ref_n = self.split or split, self.num_samples
+        if self.split is None and len(datamodule.split_dataset(split)) < self.num_samples:
             ref_split = "train"  # all of it: the larger the reference, the lower the floor
             ref_n = max(ref_n, len(datamodule.split_dataset("train")))
         reference = reference_statistics(
-            extractor, datamodule, ref_split, ref_n, self.cache_dir, self.chunk_size, self.kid
+            extractor, datamodule, ref_split, ref_n, self.cache_dir, self.chunk_size, self.kid or self.prc
         )
         held_out = split if ref_split != split else ("train" if split != "train" else "val")
         floor_ref = reference_statistics(
@@ -182,6 +192,9 @@ class FIDCallback(pl.Callback):
             f"{split}/fid_{name}_floor": frechet_distance(floor_ref, reference),
             f"{split}/fid_{name}_ref_size": float(reference["n"]),
         }
+        if self.prc:
+            precision, recall = precision_recall(features, torch.from_numpy(reference["features"]))
+            values.update({f"{split}/precision_{name}": precision, f"{split}/recall_{name}": recall})
         if self.kid:
             ref_features = torch.from_numpy(reference["features"])
             values[f"{split}/kid_{name}"] = kernel_distance(features, ref_features, self.seed)

@@ -57,6 +57,22 @@ class TensorImages(TensorData):
         super().__init__(images, labels)
 
 
+class Mirrored(Dataset):
+    """A dataset followed by its horizontally flipped copy (twice as long): item ``i + len``
+    is item ``i`` mirrored. Deterministic, so the seeded shuffle and resuming stay exact."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return 2 * len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        x, y = self.dataset[index % n]
+        return (x.flip(-1) if index >= n else x), y
+
+
 def convert_images(images: Tensor, channels: int, image_size: int, chunk: int = 4096) -> Tensor:
     """Convert uint8 [N, C, H, W] to ``channels`` and a ``image_size`` square, staying uint8.
 
@@ -121,6 +137,8 @@ class DataModule(pl.LightningDataModule):
     native_classes: Optional[int] = None
     #: values per dimension of x (0..vocab_size-1)
     vocab_size: int = 256
+    #: whether a mirrored image is still an image of the data (``dataset.hflip`` is refused if not)
+    mirror_symmetric: bool = True
 
     def __init__(
         self,
@@ -134,12 +152,14 @@ class DataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 0,
+        hflip: bool = False,
     ) -> None:
         """The arguments every datamodule takes (subclasses pass them through ``**kwargs``).
 
         name: the dataset's name. root: its folder (None where it needs none). num_classes: 0 = unlabelled.
         eval_batch_size: the val/test batch size (default batch_size). val_fraction,
-        test_fraction: shares of the pool held out. seed: seeds the split alone.
+        test_fraction: shares of the pool held out. seed: seeds the split alone. hflip: train on
+        each training image and its mirror image (the train split's loader only; doubles its epoch).
         """
         super().__init__()
         self.name = name
@@ -152,6 +172,7 @@ class DataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
+        self.hflip = hflip
         self._checked = False
         self._splits: Optional[dict[str, Dataset]] = None
 
@@ -204,6 +225,13 @@ class DataModule(pl.LightningDataModule):
             )
         if not _is_int(self.seed):
             raise DataError(f"dataset.seed={self.seed!r} must be an integer.")
+        if not isinstance(self.hflip, bool):
+            raise DataError(f"dataset.hflip={self.hflip!r} must be true or false.")
+        if self.hflip and not self.mirror_symmetric:
+            raise DataError(
+                f"dataset.hflip=true: a mirrored {self.name} image is not a {self.name} image (its shapes "
+                f"have a handedness), so flips would teach the model wrong data; set dataset.hflip=false."
+            )
 
     def _check_num_classes(self) -> None:
         native = self.native_classes
@@ -272,6 +300,8 @@ class DataModule(pl.LightningDataModule):
         # Stateful (a checkpoint records the position in the epoch) and shuffled by the seed and
         # epoch alone: a resumed run continues with the very batches it would have seen.
         dataset = self.split_dataset(split)
+        if split == "train" and self.hflip:
+            dataset = Mirrored(dataset)
         # The epoch the loader serves first. Not current_epoch: a run resumed from a checkpoint
         # written at an epoch's end creates its loader (and the first iterator) before Lightning
         # counts that epoch as completed, and would replay the finished epoch's order.

@@ -20,6 +20,7 @@ class DigitsDataModule(ImageDataModule):
     """
 
     native_classes = 10
+    mirror_symmetric = False  # a mirrored digit is not a digit
 
     def __init__(
         self, *, name: str = "digits", channels: int = 1, image_size: int = 8, num_classes: int = 10, **kwargs: Any

@@ -29,12 +29,13 @@ class _Source:
     channels: int
     image_size: int
     sizes: dict[bool, int]  # official split (train=True/False) -> number of images
+    mirror_symmetric: bool  # a mirrored image is still one of the data (dataset.hflip is valid)
 
 
 SOURCES = {
-    "mnist": _Source(MNIST, 1, 28, {True: 60000, False: 10000}),
-    "fashion_mnist": _Source(FashionMNIST, 1, 28, {True: 60000, False: 10000}),
-    "cifar10": _Source(CIFAR10, 3, 32, {True: 50000, False: 10000}),
+    "mnist": _Source(MNIST, 1, 28, {True: 60000, False: 10000}, False),
+    "fashion_mnist": _Source(FashionMNIST, 1, 28, {True: 60000, False: 10000}, True),
+    "cifar10": _Source(CIFAR10, 3, 32, {True: 50000, False: 10000}, True),
 }
 
 
@@ -82,6 +83,10 @@ class TorchvisionDataModule(ImageDataModule):
     @property
     def _source(self) -> _Source:
         return SOURCES[self.name]
+
+    @property
+    def mirror_symmetric(self) -> bool:  # type: ignore[override]
+        return self._source.mirror_symmetric
 
     def _official_splits(self) -> list[bool]:
         """The official splits (train=True/False) that the pool needs."""

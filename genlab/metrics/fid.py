@@ -41,6 +41,7 @@ from torch_fidelity.metric_fid import (
 )
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
@@ -418,6 +419,18 @@ def kernel_distance(features_1: Tensor, features_2: Tensor, seed: int = 2020) ->
         features_1.double(), features_2.double(), kid_subset_size=subset, rng_seed=seed, verbose=False
     )
     return float(out[KEY_METRIC_KID_MEAN])
+
+
+def precision_recall(generated: Tensor, real: Tensor) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al., 2019) of generated against real
+    features, as torch-fidelity's ``prc`` computes them (its defaults: the 3rd nearest neighbour
+    sets each sample's radius), from float32 features as torch-fidelity extracts them.
+    Precision: the share of generated samples inside the real manifold (quality, mode seeking);
+    recall: the share of real samples inside the generated one (coverage)."""
+    out = prc_features_to_metric(
+        generated.float(), real.float(), prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False
+    )
+    return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 
 
 def inception_score(logits: Tensor, seed: int = 2020) -> float:

@@ -51,3 +51,36 @@ class TruncationSampler(Sampler):
         if labels is None:
             labels = self.labels_for(model, n)
         return to_uint8(model.synthesise(self.mapped(model, n, labels)))
+
+
+@torch.no_grad()
+def truncation_grid(model: GenerativeModel, rows: int, psis: Sequence[float], labels: Optional[Tensor] = None) -> Tensor:
+    """uint8 images [rows * len(psis), C, H, W]: row r is one latent truncated at each psi in
+    turn (the same z across a row), so a row shows it moving toward the average image."""
+    for psi in psis:
+        if not 0.0 <= psi <= 1.0:
+            raise ConfigError(f"grid_psis: {psi} is not in [0, 1] (1 = no truncation)")
+    w = model.map_latents(model.prior_latents(rows), labels)
+    mean = model.mean_mapped(labels)
+    ws = torch.stack([mean + psi * (w - mean) for psi in psis], dim=1)  # [rows, len(psis), ...]
+    return to_uint8(model.synthesise(ws.flatten(0, 1)))
+
+
+@torch.no_grad()
+def style_mixing_grid(model: GenerativeModel, rows: int, layer: Optional[int] = None, psi: float = 1.0) -> Tensor:
+    """uint8 images [(rows + 1)^2, C, H, W], StyleGAN's style mixing figure: the first row holds
+    ``rows`` column sources B, the first column ``rows`` row sources A (top left blank); cell
+    (a, b) takes A's styles before ``layer`` and B's from ``layer`` on (the middle when None).
+    Needs a model whose ``mix_styles`` works (model=stylegan; others raise ConfigError)."""
+    mean = model.mean_mapped()
+    w_a, w_b = (mean + psi * (model.map_latents(model.prior_latents(rows)) - mean) for _ in range(2))
+    model.mix_styles(w_a, w_b, 0)  # refuses a model without styles to mix
+    num_ws = model.num_ws
+    layer = num_ws // 2 if layer is None else int(layer)
+    if not 0 <= layer <= num_ws:
+        raise ConfigError(f"grid_layer={layer}: this model has layers 0..{num_ws - 1} (0 = all B, {num_ws} = all A)")
+    cells = [model.synthesise(model.mix_styles(w_a[i : i + 1].expand(rows, -1), w_b, layer)) for i in range(rows)]
+    a, b = model.synthesise(w_a), model.synthesise(w_b)
+    blank = torch.ones_like(a[:1])  # white
+    grid = [torch.cat([blank, b])] + [torch.cat([a[i : i + 1], cells[i]]) for i in range(rows)]
+    return to_uint8(torch.cat(grid))
