@@ -152,11 +152,13 @@ def test_spoken_digit_fid_and_class_accuracy_tell_real_clips_from_noise(fsdd, ca
     # stand-in samplers: real held-out clips of the asked digits (a perfect model), or noise
     model = TinyCausal()
     callback = FIDCallback(extractor="classifier", num_samples=100, chunk_size=50, cache_dir=str(cache_dir))
-    assert callback.metric_names(model) == ["val/fid_classifier", "val/class_acc_classifier"]
+    assert callback.metric_names(model) == ["val/fid_classifier", "val/precision_classifier", "val/recall_classifier",
+                                            "val/class_acc_classifier"]
     real = callback.compute(model, Clips(fsdd.split_dataset("test"), noise=False), fsdd, "val")
     noise = callback.compute(model, Clips(fsdd.split_dataset("test"), noise=True), fsdd, "val")
     assert real["val/class_acc_classifier"] > 0.8 > 0.3 > noise["val/class_acc_classifier"]
     assert real["val/fid_classifier"] * 5 < noise["val/fid_classifier"]
+    assert real["val/recall_classifier"] > noise["val/recall_classifier"]  # the clips cover some of the data, noise none
     with pytest.raises(ConfigError, match="extractor=inception cannot measure the audio data.*extractor=classifier"):
         FIDCallback(extractor="inception").check(fsdd)
 
