@@ -61,10 +61,15 @@ def _check_saved_config(config: dict[str, Any], named: str, path: Path) -> None:
 def saved_config(checkpoint: dict[str, Any]) -> DictConfig:
     """The config of the run that wrote a checkpoint, in this version's keys."""
     trained = OmegaConf.create(checkpoint["genlab"].get("config", {}))
-    model = trained.get("model")
+    model, dataset = trained.get("model"), trained.get("dataset")
     if model is not None and "image_shape" in model and "data_shape" not in model:
         with open_dict(model):  # written before issue 12, when models took image_shape
             model.data_shape = model.pop("image_shape")
+            # the datamodule stated neither (8-bit images only): the eval config reads them
+            if isinstance(dataset, DictConfig) and "data_shape" not in dataset:
+                with open_dict(dataset):
+                    dataset.data_shape = list(model.data_shape)
+                    dataset.setdefault("vocab_size", 256)
     return trained
 
 

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from genlab.config import build_sampler, instantiate
+from genlab.config import build_sampler, check_config, instantiate
 from genlab.data import DigitsDataModule
 from genlab.utils import seeded
 
@@ -95,4 +95,7 @@ def test_a_checkpoint_written_when_models_took_image_shape_still_loads(tmp_path)
     loaded = load_model(checkpoint, merged.model)
     x = torch.stack([DigitsDataModule().split_dataset("test")[i][0] for i in range(4)])
     assert loaded.data_shape == (1, 8, 8) and "image_shape" not in merged.model
+    # genlab-eval's own config reads dataset.data_shape (the default FID extractor), which such a run never stated
+    check_config(merged, ("dataset", "model", "sampler", "callbacks"))
+    assert merged.callbacks.fid.extractor == "classifier" and list(merged.dataset.data_shape) == [1, 8, 8]
     assert torch.equal(loaded.nll_bits(x), model.nll_bits(x))
