@@ -25,7 +25,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -703,15 +703,19 @@ def write_report(paths: Path | Sequence[Path], out: Optional[Path] = None,
 
 def latest_samples(run_dir: Optional[Path]) -> tuple[Optional[Path], list[Path]]:
     """A run's newest sample grid (``samples/*.png``) and newest sounds (up to 8 of
-    ``samples/**/*.wav``), newest by time written, then by name."""
-    if run_dir is None or not (run_dir / "samples").is_dir():
+    ``samples/**/*.wav``), newest by time written, then by name. Files only, never symbolic
+    links: the dashboard is made to be copied and shared, and a link in a run folder must not
+    put the file it leads to (anywhere on this machine) into it."""
+    samples = run_dir / "samples" if run_dir is not None else None
+    if samples is None or samples.is_symlink() or not samples.is_dir():
         return None, []
 
-    def newest(files: list[Path]) -> list[Path]:
-        return sorted(files, key=lambda f: (f.stat().st_mtime_ns, _natural_key(f.name)))
+    def newest(files: Iterable[Path]) -> list[Path]:
+        regular = [f for f in files if f.is_file() and not f.is_symlink()]
+        return sorted(regular, key=lambda f: (f.stat().st_mtime_ns, _natural_key(f.name)))
 
-    grids = newest([f for f in (run_dir / "samples").glob("*.png") if f.is_file()])
-    sounds = newest([f for f in (run_dir / "samples").rglob("*.wav") if f.is_file()])[-8:]
+    grids = newest(samples.glob("*.png"))
+    sounds = newest(samples.rglob("*.wav"))[-8:]
     return (grids[-1] if grids else None), sorted(sounds, key=lambda f: _natural_key(str(f)))
 
 

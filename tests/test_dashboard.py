@@ -202,3 +202,24 @@ def test_the_dashboard_never_replaces_a_folder_it_did_not_write(sweeps, capsys):
     (grid / "dashboard" / "notes.txt").unlink()
     (grid / "dashboard").rmdir()
     assert report_main([str(grid)]) == 0 and report_main([str(grid)]) == 0  # its own: written again
+
+
+def test_links_in_a_run_folder_put_nothing_they_lead_to_into_the_dashboard(sweeps, tmp_path):
+    """A run folder is data: a symbolic link among its samples (to a private file, to another
+    folder) is not followed into the dashboard, which is made to be shared."""
+    secret = tmp_path / "private"
+    secret.mkdir()
+    (secret / "key.wav").write_bytes(b"PRIVATE KEY")
+    (secret / "photo.png").write_bytes(b"PRIVATE PHOTO")
+    run = sweeps[0] / "1"
+    (run / "samples" / "zz-newest.png").symlink_to(secret / "photo.png")
+    os.utime(run / "samples" / "zz-newest.png", follow_symlinks=False)
+    (run / "samples" / "stolen.wav").symlink_to(secret / "key.wav")
+    other = sweeps[0] / "2"
+    shutil.rmtree(other / "samples")
+    (other / "samples").symlink_to(secret)
+    assert report_main([str(sweeps[0]), "--out", str(tmp_path / "out")]) == 0
+    copied = [p.read_bytes() for p in (tmp_path / "out" / "dashboard").rglob("*") if p.is_file()]
+    assert not any(b"PRIVATE" in data for data in copied)
+    html = (tmp_path / "out" / "dashboard" / "index.html").read_text()
+    assert "00_epoch001-step000020.png" in html  # the run's own newest grid is still shown
