@@ -216,7 +216,10 @@ def test_style_mixing_is_refused_for_the_dcgan():
 
 # ----- horizontal flips --------------------------------------------------------------------------
 def test_hflip_is_refused_where_a_mirror_image_is_not_data():
-    for dm in (DigitsDataModule(hflip=True), TorchvisionDataModule(name="mnist", root="/nonexistent", hflip=True)):
+    from genlab.data import FSDDDataModule
+
+    for dm in (DigitsDataModule(hflip=True), TorchvisionDataModule(name="mnist", root="/nonexistent", hflip=True),
+               FSDDDataModule(root="/nonexistent", hflip=True)):  # reversed in time
         with pytest.raises(DataError, match="dataset.hflip=true.*set dataset.hflip=false"):
             dm.check()
     TorchvisionDataModule(name="cifar10", root="/nonexistent", hflip=True)._check_config()  # valid there

@@ -229,8 +229,9 @@ class DataModule(pl.LightningDataModule):
             raise DataError(f"dataset.hflip={self.hflip!r} must be true or false.")
         if self.hflip and not self.mirror_symmetric:
             raise DataError(
-                f"dataset.hflip=true: a mirrored {self.name} image is not a {self.name} image (its shapes "
-                f"have a handedness), so flips would teach the model wrong data; set dataset.hflip=false."
+                f"dataset.hflip=true: a mirrored {self.name} example (its last axis reversed: an image's "
+                f"left and right, a clip's time) is not {self.name} data, so flips would teach the model wrong "
+                "data; set dataset.hflip=false."
             )
 
     def _check_num_classes(self) -> None:

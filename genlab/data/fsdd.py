@@ -69,6 +69,8 @@ def to_float(rate: int, data: np.ndarray, name: str, path: Path) -> np.ndarray:
 class FSDDDataModule(DataModule):
     """Mu-law clips [1, length] with the digit (or the speaker) as label."""
 
+    mirror_symmetric = False  # a clip played backwards is not speech (dataset.hflip is refused)
+
     def __init__(
         self,
         *,
