@@ -131,6 +131,14 @@ def test_an_image_family_refuses_audio_data_naming_the_key(tmp_path):
         instantiate(cfg.model, "model")
 
 
+def test_fid_refuses_data_of_more_than_8_bits_before_training(tmp_path):
+    """The extractors take uint8: 10-bit mu-law audio is refused by the check before training,
+    not by the first FID after an epoch."""
+    fsdd = FSDDDataModule(root=str(tmp_path), download=False, vocab_size=1024)
+    with pytest.raises(ConfigError, match=r"callbacks\.fid: .*uint8.*dataset\.vocab_size=1024.*callbacks\.fid=null"):
+        FIDCallback(extractor="classifier").check(fsdd)
+
+
 def test_the_autoregressive_sampler_walks_time_with_the_window_or_without():
     model = TinyCausal((2, 40), vocab_size=300).eval()  # two channels, more than 8 bits
     labels = torch.tensor([1, 7, 3])

@@ -343,6 +343,12 @@ def check_extractor(
         raise ConfigError(
             f"callbacks.fid.extractor={extractor} is unknown; choose one of {list(EXTRACTORS)}."
         )
+    vocab_size = int(getattr(datamodule, "vocab_size", 256))
+    if vocab_size > 256:  # the extractors (torch-fidelity's contract) and the callback take uint8 data
+        raise ConfigError(
+            f"callbacks.fid: the FID feature extractors take 8-bit data (uint8), but dataset '{datamodule.name}' "
+            f"has dataset.vocab_size={vocab_size} values; use dataset.vocab_size=256, or callbacks.fid=null."
+        )
     fits = datamodule.modality.extractors
     if extractor not in fits:
         raise ConfigError(
