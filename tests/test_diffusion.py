@@ -306,3 +306,13 @@ def test_dpm_solver_follows_the_papers_algorithm_2_on_the_same_model_and_noise()
         x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * (np.exp(-h) - 1) * D
     assert torch.allclose(got.double(), x, atol=1e-4)
     assert not torch.allclose(got, DPMSolverSampler(steps=steps, order=1, clip_x0=False).solve(model, x_T), atol=1e-3)
+
+
+def test_dpm_solver_with_as_many_steps_as_timesteps_evaluates_each_once():
+    from genlab.samplers.dpm_solver import DPMSolverSampler
+
+    model = tiny_ddpm(timesteps=10)
+    sampler = DPMSolverSampler(steps=10)  # allowed (steps <= T); rounding gave timestep 4 twice
+    assert sampler.timesteps(model) == [9, 8, 7, 6, 5, 4, 3, 2, 1]
+    torch.manual_seed(0)
+    assert torch.isfinite(sampler.solve(model, torch.randn(2, 1, 8, 8))).all()

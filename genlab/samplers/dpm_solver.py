@@ -40,10 +40,12 @@ class DPMSolverSampler(DiffusionSampler):
         self.order = int(order)
 
     def timesteps(self, model: GenerativeModel) -> list[int]:
-        """The timestep indices where the network is evaluated, from T-1 down."""
+        """The timestep indices where the network is evaluated, from T-1 down. Rounding repeats
+        one where ``steps`` nears T; it is evaluated once (as diffusers does: a repeat is a step of
+        length 0, and the second-order term divides by it)."""
         self._check_steps(model)
         T = model.timesteps
-        return [round((T - 1) * j / self.steps) for j in range(self.steps, 0, -1)]
+        return list(dict.fromkeys(round((T - 1) * j / self.steps) for j in range(self.steps, 0, -1)))
 
     @torch.no_grad()
     def sample(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None,
