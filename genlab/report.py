@@ -73,14 +73,41 @@ def _natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+#: a resolver call in a YAML value: ``${oc.env:NAME}``, ``${genlab.run_id:}`` (its name)
+_RESOLVER_CALL = re.compile(r"\$\{\s*([A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*)*)\s*:")
+
+
+def _inert(tree: Any) -> Any:
+    """A stored file's data without the values that call resolvers other than ``oc.select`` and
+    genlab's own (what genlab and Hydra write): a run folder is data, and ``${oc.env:SECRET}`` in
+    it must not put the reader's environment into a report made to be shared. Such values are
+    left out (None)."""
+    if isinstance(tree, dict):
+        return {key: _inert(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_inert(value) for value in tree]
+    if isinstance(tree, str) and any(name != "oc.select" and not name.startswith("genlab.")
+                                     for name in _RESOLVER_CALL.findall(tree)):
+        return None
+    return tree
+
+
 def _load_yaml(path: Path, problems: Optional[list[str]] = None) -> Optional[Any]:
     try:
-        return OmegaConf.load(path) if path.is_file() else None
+        return OmegaConf.create(_inert(OmegaConf.to_container(OmegaConf.load(path)))) if path.is_file() else None
     except Exception as err:  # a file cut short or damaged
         log.warning("cannot read %s: %s", path, err)
         if problems is not None:
             problems.append(f"{path.name} cannot be read ({_first_line(err)})")
         return None
+
+
+def _raw_yaml(path: Path) -> list:
+    """A YAML list as plain Python values (strings stay text: nothing in them is resolved)."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, list) else []
 
 
 def _first_line(err: BaseException) -> str:
@@ -135,6 +162,8 @@ def read_job(path: Path, sweep_dir: Path) -> Job:
     if overrides is not None and not isinstance(overrides, ListConfig):
         problems.append("overrides.yaml does not hold a list of overrides")
         overrides = None
+    if overrides is not None:  # as typed: an override that calls a resolver is shown, never resolved
+        overrides = [line for line in _raw_yaml(path / ".hydra" / "overrides.yaml") if isinstance(line, str)]
     config = _load_yaml(path / "config_resolved.yaml", problems) or _load_yaml(path / ".hydra" / "config.yaml", problems)
     job = Job(
         name=str(path.relative_to(sweep_dir)),

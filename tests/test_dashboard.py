@@ -223,3 +223,20 @@ def test_links_in_a_run_folder_put_nothing_they_lead_to_into_the_dashboard(sweep
     assert not any(b"PRIVATE" in data for data in copied)
     html = (tmp_path / "out" / "dashboard" / "index.html").read_text()
     assert "00_epoch001-step000020.png" in html  # the run's own newest grid is still shown
+
+
+def test_a_run_folder_cannot_put_the_readers_environment_into_the_report(tmp_path, monkeypatch):
+    """Values of a run folder's YAML that call a resolver (oc.env) are data, not resolved: the
+    report shows nothing of the environment of whoever runs genlab-report; an override is shown as typed."""
+    monkeypatch.setenv("GENLAB_TEST_SECRET", "hunter2")
+    job = make_job(tmp_path / "sweep", "0", ["model=vae", "+note=${oc.env:GENLAB_TEST_SECRET}"], "vae",
+                   completed([3.0, 2.5]), objective="${oc.env:GENLAB_TEST_SECRET}")
+    (job / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"model": "${oc.env:GENLAB_TEST_SECRET,x}"}}}}))
+    make_job(tmp_path / "sweep", "1", ["model=vae", "+note=plain"], "vae", completed([3.1, 2.6]))
+    assert report_main([str(tmp_path / "sweep")]) == 0
+    written = [p.read_text() for p in [tmp_path / "sweep" / "report.md", tmp_path / "sweep" / "report.csv",
+                                       tmp_path / "sweep" / "dashboard" / "index.html"]]
+    assert not any("hunter2" in text for text in written)
+    assert "${oc.env:GENLAB_TEST_SECRET}" in written[1]  # the override, as typed
+    assert read_runs([tmp_path / "sweep"])[1].objective == "val/bpd"  # plain values are read as before
