@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -116,10 +117,12 @@ def ood_set(name: str, cfg: DictConfig, in_dist: Tensor, vocab_size: int = 256) 
         return torch.randint(0, vocab_size, in_dist.shape, generator=generator, dtype=in_dist.dtype)
     option, _, root = name.partition(":")
     # genlab's own dataset option, converted to the in-distribution data's settings where it has
-    # them (images: channels and size)
+    # them: the keys its data_shape is stated from (images: channels and size; audio: the length)
     node = OmegaConf.merge({"paths": cfg.paths, "seed": cfg.seed},
                            {"dataset": OmegaConf.load(CONF_DIR / "dataset" / f"{option}.yaml")})
-    like_model = {key: cfg.dataset[key] for key in ("channels", "image_size") if key in cfg.dataset and key in node.dataset}
+    shape_keys = re.findall(r"\$\{dataset\.(\w+)\}", str(OmegaConf.to_container(node.dataset).get("data_shape")))
+    like_model = {key: cfg.dataset[key] for key in (*shape_keys, "vocab_size")
+                  if key in cfg.dataset and key in node.dataset}
     like_model["num_classes"] = 0
     if root:
         like_model["root"] = root

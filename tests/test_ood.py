@@ -60,3 +60,18 @@ def test_a_dataset_option_without_its_folder_is_refused_naming_the_form(tmp_path
         ood_set("image_folder", cfg, torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
     digits = ood_set("digits", cfg, torch.zeros(4, 1, 8, 8, dtype=torch.uint8))  # the 1,797 digits, all splits
     assert digits.shape == (1000, 1, 8, 8) and digits.dtype == torch.uint8  # ood_max_examples of them
+
+
+def test_an_audio_dataset_option_takes_the_models_clip_length(tmp_path):
+    """The settings an OOD option's data_shape is stated from follow the model's data (audio: the
+    clip length), not image keys alone."""
+    from genlab.ood import ood_set
+
+    from conftest import SHARED_DATA, compose_cfg
+
+    root = SHARED_DATA / "fsdd"
+    if not (root / "recordings.tar.gz").is_file():
+        pytest.skip(f"FSDD not present at {root}")
+    cfg = compose_cfg("eval", overrides=["ckpt=x", "+dataset.length=64", "ood_max_examples=10"], output_dir=tmp_path)
+    clips = ood_set(f"fsdd:{root}", cfg, torch.zeros(4, 1, 64, dtype=torch.uint8))
+    assert clips.shape == (10, 1, 64) and clips.dtype == torch.uint8
