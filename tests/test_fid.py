@@ -195,6 +195,11 @@ def test_unlabelled_dataset_cannot_use_classifier(tmp_path):
         fid.build_feature_extractor("classifier", Digits(labelled=False), tmp_path)
     with pytest.raises(ConfigError, match="callbacks.fid.extractor=inception"):
         FIDCallback(extractor="classifier", cache_dir=str(tmp_path)).check(Digits(labelled=False))
+    from genlab.data import FSDDDataModule  # audio: inception does not fit it, so it is not suggested
+
+    with pytest.raises(ConfigError, match=r"unlabelled \(num_classes=0\)\. Use a labelled dataset \(no other extractor "
+                                          r"measures audio data\), or callbacks\.fid=null"):
+        FIDCallback(extractor="classifier", cache_dir=str(tmp_path)).check(FSDDDataModule(root=str(tmp_path), num_classes=0))
 
 
 def test_inception_without_weights_or_network_fails_early(dm, tmp_path, monkeypatch):

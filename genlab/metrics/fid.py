@@ -357,10 +357,11 @@ def check_extractor(
         )
     if extractor == "classifier":
         if int(datamodule.num_classes) <= 0:
+            other = "callbacks.fid.extractor=inception (with callbacks.fid.weights_path for offline machines)" \
+                if "inception" in fits else f"a labelled dataset (no other extractor measures {datamodule.modality.name} data)"
             raise ConfigError(
                 f"callbacks.fid.extractor=classifier trains a classifier on the dataset's labels, but "
-                f"dataset '{datamodule.name}' is unlabelled (num_classes=0). Use callbacks.fid.extractor="
-                f"inception (with callbacks.fid.weights_path for offline machines)."
+                f"dataset '{datamodule.name}' is unlabelled (num_classes=0). Use {other}, or callbacks.fid=null."
             )
         if isc:
             raise ConfigError(
