@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from genlab.config import CONF_DIR, instantiate
 from genlab.errors import CheckpointError
 from genlab.models.base import GenerativeModel
-from genlab.trust import check_targets
+from genlab.trust import check_targets, inert
 from genlab.utils import atomic_file, flatten, is_disk_full
 
 
@@ -60,7 +60,7 @@ def _check_saved_config(config: dict[str, Any], named: str, path: Path) -> None:
 
 def saved_config(checkpoint: dict[str, Any]) -> DictConfig:
     """The config of the run that wrote a checkpoint, in this version's keys."""
-    trained = OmegaConf.create(checkpoint["genlab"].get("config", {}))
+    trained = OmegaConf.create(inert(checkpoint["genlab"].get("config", {})))  # never the reader's environment
     model, dataset = trained.get("model"), trained.get("dataset")
     if model is not None and "image_shape" in model and "data_shape" not in model:
         with open_dict(model):  # written before issue 12, when models took image_shape

@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab.errors import GenlabError
+from genlab.trust import inert
 from genlab.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -73,28 +74,9 @@ def _natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-#: a resolver call in a YAML value: ``${oc.env:NAME}``, ``${genlab.run_id:}`` (its name)
-_RESOLVER_CALL = re.compile(r"\$\{\s*([A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*)*)\s*:")
-
-
-def _inert(tree: Any) -> Any:
-    """A stored file's data without the values that call resolvers other than ``oc.select`` and
-    genlab's own (what genlab and Hydra write): a run folder is data, and ``${oc.env:SECRET}`` in
-    it must not put the reader's environment into a report made to be shared. Such values are
-    left out (None)."""
-    if isinstance(tree, dict):
-        return {key: _inert(value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_inert(value) for value in tree]
-    if isinstance(tree, str) and any(name != "oc.select" and not name.startswith("genlab.")
-                                     for name in _RESOLVER_CALL.findall(tree)):
-        return None
-    return tree
-
-
 def _load_yaml(path: Path, problems: Optional[list[str]] = None) -> Optional[Any]:
     try:
-        return OmegaConf.create(_inert(OmegaConf.to_container(OmegaConf.load(path)))) if path.is_file() else None
+        return OmegaConf.create(inert(OmegaConf.to_container(OmegaConf.load(path)))) if path.is_file() else None
     except Exception as err:  # a file cut short or damaged
         log.warning("cannot read %s: %s", path, err)
         if problems is not None:

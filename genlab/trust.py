@@ -216,3 +216,22 @@ def command_line_is_trusted(entry_file: str) -> None:
     except UntrustedConfig as err:
         print(f"genlab: error: {err}", file=sys.stderr)
         sys.exit(1)
+
+
+#: a resolver call in a YAML value: ``${oc.env:NAME}``, ``${genlab.run_id:}`` (its name)
+_RESOLVER_CALL = re.compile(r"\$\{\s*([A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*)*)\s*:")
+
+
+def inert(tree: Any) -> Any:
+    """Stored data (a run folder's YAML, a checkpoint's config) without the values that call
+    resolvers other than ``oc.select`` and genlab's own (what genlab and Hydra write): such a file
+    is data, and ``${oc.env:SECRET}`` in it must not put the reader's environment into what genlab
+    writes, logs or shows. Such values are left out (None)."""
+    if isinstance(tree, dict):
+        return {key: inert(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [inert(value) for value in tree]
+    if isinstance(tree, str) and any(name != "oc.select" and not name.startswith("genlab.")
+                                     for name in _RESOLVER_CALL.findall(tree)):
+        return None
+    return tree

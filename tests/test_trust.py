@@ -424,3 +424,20 @@ def test_a_config_dir_search_with_its_own_optuna_sampler_is_not_refused(tmp_path
     root = config_dir(tmp_path / "conf2", {"hparams_search/mine.yaml": "# @package _global_\n" + yaml.safe_dump(search)})
     with pytest.raises(UntrustedConfig, match="optuna.delete_study"):
         check_config_dirs(["--config-dir", str(root), "-m", "hparams_search=mine"], Path(genlab.sample.__file__))
+
+
+def test_a_checkpoints_config_cannot_read_the_environment_of_whoever_opens_it(monkeypatch):
+    """A value of the stored config that calls oc.env is left out: genlab-eval writes the run's
+    config (config_resolved.yaml, a logger's hyperparameters) and must not put secrets in it."""
+    from omegaconf import OmegaConf
+
+    from genlab.checkpoint import saved_config
+
+    monkeypatch.setenv("GENLAB_TEST_SECRET", "hunter2")
+    stored = {"genlab": {"config": {"tags": ["${oc.env:GENLAB_TEST_SECRET}", "mine"],
+                                    "dataset": {"root": "${ oc.env:GENLAB_TEST_SECRET}", "name": "digits"},
+                                    "objective": "val/fid_${oc.select:callbacks.fid.extractor,none}"}}}
+    resolved = OmegaConf.to_container(saved_config(stored), resolve=True)
+    assert "hunter2" not in str(resolved)
+    assert resolved["tags"] == [None, "mine"] and resolved["dataset"]["name"] == "digits"
+    assert resolved["objective"] == "val/fid_none"  # in-config lookups still work
