@@ -91,7 +91,7 @@ class HierarchicalVAE(GenerativeModel):
     # ----- the primitives samplers and metrics use ---------------------------------------
     def bottom_up(self, x: Tensor) -> list[Tensor]:
         """One feature map per group, top group first."""
-        h = self.stem(to_unit_range(x))
+        h = self.stem(to_unit_range(x).to(self.top.dtype))
         features = []
         for cell in self.encoder:
             h = cell(h)
