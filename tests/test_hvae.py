@@ -17,8 +17,8 @@ def tiny(**kw) -> HierarchicalVAE:
     model = HierarchicalVAE((1, 6, 6), groups=3, latent_channels=2, channels=8, **kw)
     with torch.no_grad():  # the prior and posterior start as N(0, 1) = q; make them differ
         for layer in (*model.prior, *model.posterior):
-            layer.weight.normal_(0, 0.3)
-            layer.bias.normal_(0, 0.3)
+            layer.weight.normal_(0, 0.05)
+            layer.bias.normal_(0, 0.05)
     return model.eval()
 
 
