@@ -41,6 +41,8 @@ class RunRecorder(pl.Callback):
         self.status_details: dict[str, Any] = {}
         #: metrics that do not exist for this model, with the reason (e.g. bits/dim for a GAN)
         self.not_applicable: dict[str, str] = {}
+        #: the earlier runs the model is built on (``GenerativeModel.stands_on``)
+        self.stands_on: dict[str, Any] = {}
 
     def _collect(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking:
@@ -65,9 +67,12 @@ class RunRecorder(pl.Callback):
         data: dict[str, Any] = {"status": self.status, **self.status_details, "final": self.final, "best": self.best}
         if self.not_applicable:
             data["not_applicable"] = self.not_applicable
+        if self.stands_on:
+            data["stands_on"] = self.stands_on
         atomic_write_json(self.path, data)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.stands_on = pl_module.stands_on()
         if pl_module.likelihood is None:
             self.not_applicable["bpd"] = f"the {pl_module.family} family has no likelihood"
 
@@ -92,6 +97,7 @@ class RunRecorder(pl.Callback):
             "family": pl_module.family,
             "config": self.config,
             "metrics": {"final": dict(self.final), "best": dict(self.best)},
+            "stands_on": self.stands_on,
         }
 
     def on_load_checkpoint(

@@ -26,6 +26,9 @@ class GenerativeModel(pl.LightningModule):
     step_metrics: ClassVar[tuple[str, ...]] = ("loss",)
     #: the sub-module the EMA callback averages, what samples are drawn from ("" = the whole model)
     averaged_module: ClassVar[str] = ""
+    #: sub-modules of the averaged one that keep moving averages of their own (an EMA codebook):
+    #: the EMA callback copies their current state into the average instead of averaging it again
+    self_averaging: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -57,6 +60,11 @@ class GenerativeModel(pl.LightningModule):
     def nll_bits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """-log2 p(x) of the discrete 8-bit ``x``, one value per example (shape [B])."""
         raise NotImplementedError(f"the {self.family} family has no likelihood")
+
+    def stands_on(self) -> dict[str, Any]:
+        """The earlier runs this model is built on (a second stage names its first), recorded
+        in the run's metrics.json and checkpoints so that a report can trace them."""
+        return {}
 
     def check_trainer(self, trainer_cfg: Any) -> None:
         """Raise ConfigError for ``trainer.*`` settings this model cannot honour (called before
