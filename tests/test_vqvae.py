@@ -5,7 +5,6 @@ map, samples decoded to the data shape; both stages through genlab-train and gen
 
 from __future__ import annotations
 
-import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar, Optional
 
 import pytorch_lightning as pl
@@ -9,6 +10,10 @@ import torch
 from torch import Tensor
 
 from genlab.errors import ConfigError, TrainingDiverged
+
+
+#: nats per bit
+LOG2 = math.log(2.0)
 
 
 class GenerativeModel(pl.LightningModule):
@@ -60,6 +65,23 @@ class GenerativeModel(pl.LightningModule):
     def nll_bits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """-log2 p(x) of the discrete 8-bit ``x``, one value per example (shape [B])."""
         raise NotImplementedError(f"the {self.family} family has no likelihood")
+
+    def class_labels(self, y: Optional[Tensor]) -> Optional[Tensor]:
+        """The labels a conditional model is given, as long integers (None for an unconditional
+        model); a conditional one refuses a missing label or the -1 of unlabelled data."""
+        if not self.conditional:
+            return None
+        if y is None or (y < 0).any():
+            raise ValueError(f"a conditional {type(self).__name__} needs class labels y in 0..{self.num_classes - 1}")
+        return y.long()
+
+    def log_stage(self, stage: str, metrics: dict[str, Tensor], batch_size: int) -> None:
+        """Log ``<stage>/<name>`` for each metric: per step while training (the loss on the
+        progress bar), per epoch and reduced over processes in validation and test."""
+        on_step = stage == "train"
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
+                     prog_bar=on_step and name == "loss", batch_size=batch_size)
 
     def stands_on(self) -> dict[str, Any]:
         """The earlier runs this model is built on (a second stage names its first), recorded

@@ -173,16 +173,9 @@ class GAN(GenerativeModel):
             return z.normal_()
         return torch.nn.init.trunc_normal_(z, 0.0, 1.0, -bound, bound)
 
-    def _check_labels(self, y: Optional[Tensor]) -> Optional[Tensor]:
-        if not self.conditional:
-            return None
-        if y is None or (y < 0).any():
-            raise ValueError("a conditional GAN needs class labels y in 0..num_classes-1")
-        return y
-
     def map_latents(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """The generator's first feature maps w for latents z (and labels y), float32."""
-        return self.generator.map(z, self._check_labels(y)).float()
+        return self.generator.map(z, self.class_labels(y)).float()
 
     @torch.no_grad()
     def mean_mapped(self, y: Optional[Tensor] = None) -> Tensor:
@@ -211,7 +204,7 @@ class GAN(GenerativeModel):
 
     def generate(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Images in [-1, 1] (float32) for latents z (and labels y for a conditional model)."""
-        return self.generator(z, self._check_labels(y)).float()
+        return self.generator(z, self.class_labels(y)).float()
 
     def _discriminate(self, x: Tensor, y: Optional[Tensor]) -> Tensor:
         return self.discriminator(x, y if self.conditional else None).float()

@@ -15,22 +15,19 @@ conditional prior by the temperature (``sampler=prior``): z_l = mean_l + T std_l
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from genlab.checks import require_positive
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LOG2, GenerativeModel
 from genlab.models.vae import importance_weighted_nll_bits, repeat_batch
 from genlab.nets.hvae import ResidualCell, gaussian_kl, gaussian_log_prob, split_gaussian
 from genlab.nets.likelihoods import PIXEL_LIKELIHOODS, to_unit_range
 
-LOG2 = math.log(2.0)
 
 
 class HierarchicalVAE(GenerativeModel):
@@ -156,16 +153,13 @@ class HierarchicalVAE(GenerativeModel):
         to_bpd = 1.0 / (self.num_dims * LOG2)
         beta = self.kl_weight() if stage == "train" else 1.0
         loss = (recon + beta * kl).mean() * to_bpd
-        on_step = stage == "train"
-        if on_step:
-            self.check_finite(loss=loss, recon=recon, kl=kl)
         metrics = {"loss": loss, "recon_bpd": recon.mean() * to_bpd, "kl_bpd": kl.mean() * to_bpd,
                    "elbo_bpd": (recon + kl).mean() * to_bpd}
         metrics.update({f"kl{g}_bpd": k.mean() * to_bpd for g, k in enumerate(kls)})
-        self.log_dict({f"{stage}/{name}": v for name, v in metrics.items()}, on_step=on_step,
-                      on_epoch=not on_step, prog_bar=False, sync_dist=not on_step, batch_size=x.shape[0])
-        if on_step:
-            self.log("train/kl_weight", beta, on_step=True, on_epoch=False)
+        if stage == "train":
+            self.check_finite(loss=loss, recon=recon, kl=kl)
+            metrics["kl_weight"] = torch.tensor(beta)
+        self.log_stage(stage, metrics, x.shape[0])
         return loss
 
     # ----- likelihood -------------------------------------------------------------------

@@ -56,7 +56,7 @@ class PixelRNN(AutoregressiveModel):
 
     def logits_from_embedded(self, h: Tensor, y: Optional[Tensor] = None) -> Tensor:
         h = self.input_conv(h)
-        labels = self._labels(y)
+        labels = self.class_labels(y)
         if labels is not None:
             h = h + self.class_bias(labels)[:, :, None, None]
         return self.head(self.layers(h))

@@ -17,10 +17,9 @@ from torch import Tensor
 
 from genlab.checks import require_positive
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LOG2, GenerativeModel
 from genlab.nets.likelihoods import PIXEL_LIKELIHOODS, to_unit_range
 
-LOG2 = math.log(2.0)
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Module:
@@ -84,11 +83,8 @@ class VAE(GenerativeModel):
 
     # ----- the primitives samplers and metrics use ---------------------------------------
     def _one_hot(self, y: Optional[Tensor]) -> Optional[Tensor]:
-        if not self.conditional:
-            return None
-        if y is None or (y < 0).any():
-            raise ValueError("a conditional VAE needs class labels y in 0..num_classes-1")
-        return F.one_hot(y.long(), self.num_classes).float()
+        labels = self.class_labels(y)
+        return None if labels is None else F.one_hot(labels, self.num_classes).float()
 
     def encode(self, x: Tensor, y: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance of q(z | x)."""
@@ -124,22 +120,10 @@ class VAE(GenerativeModel):
         recon, kl = self._neg_elbo_terms(x, y)
         to_bpd = 1.0 / (self.num_dims * LOG2)
         loss = (recon + self.beta * kl).mean() * to_bpd
-        on_step = stage == "train"
-        if on_step:
+        if stage == "train":
             self.check_finite(loss=loss, recon=recon, kl=kl)
-        self.log_dict(
-            {
-                f"{stage}/loss": loss,
-                f"{stage}/recon_bpd": recon.mean() * to_bpd,
-                f"{stage}/kl_bpd": kl.mean() * to_bpd,
-                f"{stage}/elbo_bpd": (recon + kl).mean() * to_bpd,
-            },
-            on_step=on_step,
-            on_epoch=not on_step,
-            prog_bar=stage == "train",
-            sync_dist=not on_step,
-            batch_size=x.shape[0],
-        )
+        self.log_stage(stage, {"loss": loss, "recon_bpd": recon.mean() * to_bpd, "kl_bpd": kl.mean() * to_bpd,
+                               "elbo_bpd": (recon + kl).mean() * to_bpd}, x.shape[0])
         return loss
 
 

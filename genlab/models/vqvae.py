@@ -31,12 +31,10 @@ from torch import Tensor
 from genlab.checks import require_fraction, require_positive
 from genlab.errors import CheckpointError, ConfigError
 from genlab.models.autoregressive import ARTransformer
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LOG2, GenerativeModel
 from genlab.nets.hvae import ResidualCell
 from genlab.nets.likelihoods import PIXEL_LIKELIHOODS, to_unit_range
 from genlab.nets.vq import EMAQuantizer
-
-LOG2 = math.log(2.0)
 
 
 class VQVAE(GenerativeModel):
@@ -125,13 +123,11 @@ class VQVAE(GenerativeModel):
         to_bpd = 1.0 / (self.num_dims * LOG2)
         commitment = commitment / z_q[0].numel()  # mean squared distance per latent component
         loss = (recon * to_bpd + self.beta * commitment).mean()
-        on_step = stage == "train"
-        if on_step:
+        if stage == "train":
             self.check_finite(loss=loss, recon=recon, commitment=commitment)
-        metrics = {"loss": loss, "recon_bpd": recon.mean() * to_bpd, "commitment": commitment.mean(),
-                   "perplexity": perplexity, "bound_bpd": recon.mean() * to_bpd + self.codes_bits() / self.num_dims}
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, on_step=on_step, on_epoch=not on_step,
-                      prog_bar=False, sync_dist=not on_step, batch_size=x.shape[0])
+        self.log_stage(stage, {"loss": loss, "recon_bpd": recon.mean() * to_bpd, "commitment": commitment.mean(),
+                               "perplexity": perplexity,
+                               "bound_bpd": recon.mean() * to_bpd + self.codes_bits() / self.num_dims}, x.shape[0])
         return loss
 
     @torch.no_grad()
@@ -238,11 +234,9 @@ class VQVAEPrior(GenerativeModel):
     def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, _ = batch
         loss = self.prior.nll_bits(self.codes_of(x)).mean() / self.num_dims  # -log2 p(z) per image dim
-        on_step = stage == "train"
-        if on_step:
+        if stage == "train":
             self.check_finite(loss=loss)
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=on_step,
-                 sync_dist=not on_step, batch_size=x.shape[0])
+        self.log_stage(stage, {"loss": loss}, x.shape[0])
         return loss
 
     @torch.no_grad()
