@@ -29,7 +29,8 @@ for spec in "${runs[@]}"; do
         "trainer.max_time=\"$MAX_TIME\"" logger=csv trainer.enable_progress_bar=false \
         "hydra.run.dir=$run" > "$work/$name.log" 2>&1
     end=$(date +%s)
-    best=$(ls "$run"/checkpoints/best-*.ckpt | head -1)
+    best=$(ls "$run"/checkpoints/best-*.ckpt 2>/dev/null | head -1 || true)
+    best=${best:-$run/checkpoints/last.ckpt}
     $PY -m genlab.sample "ckpt=$best" "n=$N_SAMPLES" "hydra.run.dir=$run/samples" > "$work/$name.sample.log" 2>&1
     sampled=$(date +%s)
     cp "$run/metrics.json" "bench/results/families_${name}_mnist_metrics.json"
