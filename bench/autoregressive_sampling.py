@@ -38,7 +38,7 @@ def build(experiment: str) -> torch.nn.Module:
 
 def uncached_one_row(model: torch.nn.Module, n: int, sampler: AutoregressiveSampler) -> float:
     """Seconds for one row (W steps) of the uncached path: a full forward and a draw per step."""
-    c, h, w = model.image_shape
+    c, h, w = model.data_shape
     x = torch.zeros(n, c, h, w, dtype=torch.uint8)
     start = time.perf_counter()
     with torch.no_grad():
@@ -70,7 +70,7 @@ def main() -> None:
                 t_uncached = time.perf_counter() - start
             same = bool(torch.equal(cached, uncached))
         else:
-            t_uncached = uncached_one_row(model, args.n, AutoregressiveSampler()) * model.image_shape[1]
+            t_uncached = uncached_one_row(model, args.n, AutoregressiveSampler()) * model.data_shape[1]
             same = None
         results[name] = {"params": params, "cached_s": round(t_cached, 2), "uncached_s": round(t_uncached, 2),
                          "speedup": round(t_uncached / t_cached, 1), "uncached_measured": "full" if args.full else "one row x 28",

@@ -30,7 +30,8 @@ from torchvision.utils import save_image
 
 from genlab.checkpoint import load_model, read_checkpoint
 from genlab.config import instantiate
-from genlab.metrics.fid import ClassifierNet, ensure_classifier
+from genlab.metrics.fid import ensure_classifier
+from genlab.nets.classifier import ClassifierNet
 from genlab.nets.likelihoods import to_unit_range
 from genlab.samplers.ddim import DDIMSampler
 from genlab.utils import seeded
@@ -71,7 +72,7 @@ def main() -> None:
     test = datamodule.split_dataset("test")
     x0 = torch.stack([test[i][0] for i in range(len(test))])
     with seeded(0), torch.no_grad():
-        xt = model.q_sample(to_unit_range(x0), torch.full((len(x0),), 500), torch.randn(len(x0), *model.image_shape))
+        xt = model.q_sample(to_unit_range(x0), torch.full((len(x0),), 500), torch.randn(len(x0), *model.data_shape))
         y3 = torch.full((len(x0),), 3) if model.conditional else None
         at10 = model.net(xt, torch.full((len(x0),), 10), y3)
         result["t_sensitivity_10_vs_900"] = relative_change(at10, model.net(xt, torch.full((len(x0),), 900), y3))
@@ -100,7 +101,7 @@ def main() -> None:
             hits = probs.argmax(1) == labels
             entry["class_accuracy"] = float(hits.float().mean())
             entry["per_class_accuracy"] = [round(float(hits[labels == k].float().mean()), 3) for k in range(10)]
-            noise = torch.randn(20, *model.image_shape, generator=torch.Generator().manual_seed(2))
+            noise = torch.randn(20, *model.data_shape, generator=torch.Generator().manual_seed(2))
             threes = sampler.sample(model, 20, labels=torch.full((20,), 3), noise=noise)
             sevens = sampler.sample(model, 20, labels=torch.full((20,), 7), noise=noise)
             entry["class_3_and_7_identical"] = bool(torch.equal(threes, sevens))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from genlab.callbacks.fid import FIDCallback
-from genlab.callbacks.samples import save_grid
+from genlab.modalities.image import save_grid
 from genlab.checkpoint import load_model, read_checkpoint
 from genlab.config import CONF_DIR, instantiate
 from genlab.samplers.ddim import DDIMSampler

@@ -37,7 +37,8 @@ from torchvision.utils import save_image
 from genlab.checkpoint import read_checkpoint
 from genlab.config import instantiate
 from genlab.data import DigitsDataModule
-from genlab.metrics.fid import ClassifierNet, classifier_path, ensure_classifier
+from genlab.metrics.fid import classifier_path, ensure_classifier
+from genlab.nets.classifier import ClassifierNet
 from genlab.nets.likelihoods import to_uint8, to_unit_range
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -106,7 +106,7 @@ def ar(steps: int, root: str, extra: list[str]) -> None:
             return super().draw(logits)
 
     sampler = Recording()
-    c, h, w = model.image_shape
+    c, h, w = model.data_shape
     with torch.no_grad():
         bpd = (model.nll_bits(xte) / model.num_dims).mean()
         with seeded(0):

@@ -42,7 +42,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from sklearn.svm import SVC
 
-from genlab.callbacks.samples import save_grid
+from genlab.modalities.image import save_grid
 from genlab.checkpoint import load_model, read_checkpoint
 from genlab.config import CONF_DIR, build_sampler, instantiate
 from genlab.train import train

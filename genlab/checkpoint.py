@@ -67,6 +67,10 @@ def with_trained_run(checkpoint: dict[str, Any], cfg: DictConfig) -> DictConfig:
     (the eval metrics default to what the run measured: ``conf/callbacks/eval.yaml``).
     """
     trained = OmegaConf.create(checkpoint["genlab"].get("config", {}))
+    model = trained.get("model")
+    if model is not None and "image_shape" in model and "data_shape" not in model:
+        with open_dict(model):  # written before issue 12, when models took image_shape
+            model.data_shape = model.pop("image_shape")
     with open_dict(cfg):
         cfg.trained = trained
         for key in ("model", "dataset", "sampler"):

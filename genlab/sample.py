@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.callbacks.samples import save_grid
 from genlab.checkpoint import load_model, read_checkpoint, with_trained_run
 from genlab.checks import is_int
 from genlab.cli import run_cli
@@ -58,7 +57,8 @@ def sample(cfg: DictConfig) -> Path:
     output_dir = Path(cfg.paths.output_dir)
     checkpoint = read_checkpoint(cfg.ckpt)
     cfg = with_trained_run(checkpoint, cfg)
-    check_config(cfg, ("model", "sampler"))
+    check_config(cfg, ("model", "sampler", "dataset"))
+    modality = instantiate(cfg.dataset, "dataset").modality  # how this data is written
     model = load_model(checkpoint, cfg.model, f"ckpt={cfg.ckpt}")
     if cfg.trainer.accelerator in ("gpu", "auto") and torch.cuda.is_available():
         model = model.cuda()
@@ -73,12 +73,13 @@ def sample(cfg: DictConfig) -> Path:
         images = sampler.sample(model, cfg.n, labels).cpu()
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_grid(images, output_dir / "samples.png", nrow=cfg.nrow)
+    written = modality.save(images, output_dir / "samples", nrow=cfg.nrow)
     arrays = {"images": images.numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
     np.savez_compressed(output_dir / "samples.npz", **arrays)
-    log.info("wrote %d samples to %s (samples.png, samples.npz)", cfg.n, output_dir)
+    names = ", ".join(p.name for p in written[:3]) + (", ..." if len(written) > 3 else "")
+    log.info("wrote %d samples to %s (%s, samples.npz)", cfg.n, output_dir, names)
     return output_dir
 
 
@@ -103,7 +104,7 @@ def interpolate(cfg: DictConfig, model: torch.nn.Module, sampler: object, output
     x = torch.stack([data[int(i)][0] for i in order]).to(model.device)
     images = sampler.interpolate(model, x[0::2], x[1::2], steps).cpu()
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_grid(images, output_dir / "interpolation.png", nrow=steps)
+    datamodule.modality.save(images, output_dir / "interpolation", nrow=steps)
     np.savez_compressed(output_dir / "interpolation.npz", images=images.numpy(), indices=order.numpy())
     log.info("wrote %d interpolations of %d steps to %s (interpolation.png, interpolation.npz)", pairs, steps,
              output_dir)

@@ -184,11 +184,11 @@ def test_the_conv_sampling_window_gives_exact_logits_and_is_no_larger_than_neede
             :, :, :, i - top, j - left]
 
     for i, j in [(12, 6), (9, 12), (10, 0), (2, 3)]:
-        top, bottom, left, right = AutoregressiveSampler.window(model, i, j)
+        (top, bottom), (left, right) = model.window((i, j))
         assert torch.allclose(window_logits(i, j, top, bottom, left, right), full[:, :, :, i, j], rtol=0, atol=1e-12)
     # one row or one column less and the logits change: the reach is not overstated
     i, j = 12, 6
-    top, bottom, left, right = AutoregressiveSampler.window(model, i, j)
+    (top, bottom), (left, right) = model.window((i, j))
     assert top > 0 and left > 0 and right < 13
     assert not torch.allclose(window_logits(i, j, top + 1, bottom, left, right), full[:, :, :, i, j], atol=1e-9)
     assert not torch.allclose(window_logits(i, j, top, bottom, left + 1, right), full[:, :, :, i, j], atol=1e-9)

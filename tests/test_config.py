@@ -36,7 +36,7 @@ def test_dataset_options_instantiate(name, tmp_path, tiny_folder):
         overrides.append(f"dataset.root={tiny_folder}")
     cfg = compose_cfg(overrides=overrides, output_dir=tmp_path)
     datamodule = instantiate(cfg.dataset, "dataset")
-    assert datamodule.image_shape == (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    assert datamodule.data_shape == (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
 
 
 @pytest.mark.parametrize("name", options("model"))
@@ -50,7 +50,7 @@ def test_model_options_instantiate_with_their_default_sampler(name, tmp_path):
     model = instantiate(cfg.model, "model")
     sampler = build_sampler(cfg.sampler, model)
     assert model.family in type(sampler).families
-    assert sampler.sample(model.eval(), 2).shape == (2, *model.image_shape)
+    assert sampler.sample(model.eval(), 2).shape == (2, *model.data_shape)
 
 
 @pytest.mark.parametrize("name", options("sampler"))

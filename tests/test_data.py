@@ -44,7 +44,7 @@ def test_digits_batches_follow_the_8bit_contract() -> None:
     assert 0 <= int(y.min()) and int(y.max()) <= 9
     xv, _ = next(iter(dm.val_dataloader()))
     assert xv.shape == (100, 1, 8, 8)
-    assert dm.image_shape == (1, 8, 8) and dm.num_classes == 10
+    assert dm.data_shape == (1, 8, 8) and dm.num_classes == 10
     sizes = [len(dm.split_dataset(s)) for s in ("train", "val", "test")]
     assert sizes == [1437, 180, 180]
 
@@ -139,7 +139,7 @@ def test_dataset_configs_instantiate() -> None:
             root.dataset.root = "/nonexistent"
         dm = instantiate(root.dataset)
         assert dm.name == name and dm.seed == 3
-        assert dm.image_shape == (cfg.channels, cfg.image_size, cfg.image_size)
+        assert dm.data_shape == (cfg.channels, cfg.image_size, cfg.image_size)
 
 
 # ------------------------------------------------------------------------- MNIST

@@ -5,7 +5,8 @@ uint8 batches in; ``nll_bits`` of shape [B] and finite, or "not applicable" decl
 contract (the data shape, uint8); a short training on digits lowers the family's own loss; a
 checkpoint round trip through genlab's safe reader gives the same model.
 
-A new family joins by one line in FAMILIES: its model option and the overrides that make it tiny.
+A new family joins by one line in FAMILIES: its model option and the overrides that make it tiny
+(``{stage1}`` stands for the checkpoint of an untrained tiny VQ-VAE on digits, for a second stage).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ FAMILIES = {
     "realnvp": ["model=realnvp", "model.hidden=8", "model.steps=2", "model.blocks=1"],
     "glow": ["model=glow", "model.hidden=8", "model.steps=2"],
     "dcgan": ["model=dcgan", "model.latent_dim=8", "model.g_width=8", "model.d_width=8"],
+    "vqvae": ["model=vqvae", "model.channels=8", "model.latent_dim=4", "model.codebook_size=8", "model.res_blocks=1"],
+    "vqvae_prior": ["model=vqvae_prior", "model.vqvae_ckpt={stage1}", "model.dim=16", "model.depth=1", "model.heads=2"],
 }
 STEPS = 16
 
@@ -55,16 +58,27 @@ class LossRecorder(pl.Callback):
         self.values.append(float(trainer.callback_metrics[self.name]))
 
 
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("stage1") / "vqvae.ckpt"
+    cfg = compose_cfg(overrides=["dataset=digits", *FAMILIES["vqvae"]], output_dir=path.parent)
+    torch.manual_seed(0)
+    state = instantiate(cfg.model, "model").state_dict()
+    torch.save({"state_dict": state, "genlab": {"config": OmegaConf.to_container(cfg, resolve=True)}}, path)
+    return str(path)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_family_honours_the_contract(family, tmp_path):
-    cfg = compose_cfg(overrides=["dataset=digits", "dataset.batch_size=32", *FAMILIES[family]], output_dir=tmp_path)
+def test_every_family_honours_the_contract(family, tmp_path, request):
+    overrides = [o.format(stage1=request.getfixturevalue("stage1")) if "{stage1}" in o else o for o in FAMILIES[family]]
+    cfg = compose_cfg(overrides=["dataset=digits", "dataset.batch_size=32", *overrides], output_dir=tmp_path)
     datamodule = instantiate(cfg.dataset, "dataset")
     data = Subset(datamodule.split_dataset("train"), range(64))
     x, y = next(iter(DataLoader(data, batch_size=8)))
     assert x.dtype == torch.uint8
     torch.manual_seed(0)
     model = instantiate(cfg.model, "model")
-    shape = tuple(model.image_shape)
+    shape = tuple(model.data_shape)
     labels = y if model.conditional else None
 
     # likelihood: [B] and finite, or declared not applicable

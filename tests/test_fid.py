@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from genlab.callbacks.fid import FIDCallback
 from genlab.errors import ConfigError
 from genlab.metrics import fid
+from genlab.modalities.image import ImageModality
 from genlab.models.base import GenerativeModel
 from genlab.utils import seeded
 
@@ -26,7 +27,8 @@ class Digits(pl.LightningDataModule):
     """Stand-in for genlab's digits datamodule: sklearn's 8x8 digits as uint8 0..255."""
 
     name = "digits-standin"
-    channels, image_size = 1, 8
+    data_shape = (1, 8, 8)
+    modality = ImageModality(data_shape)
     seed = 0
 
     def __init__(self, variant: int = 0, labelled: bool = True) -> None:
@@ -255,7 +257,7 @@ class StandInSampler:
 
     def sample(self, model, n, labels=None):
         if self.images is None:
-            return torch.randint(0, 256, (n, *model.image_shape), dtype=torch.uint8)
+            return torch.randint(0, 256, (n, *model.data_shape), dtype=torch.uint8)
         return self.images[torch.randint(len(self.images), (n,))]
 
 
@@ -263,7 +265,7 @@ class StandInModel(GenerativeModel):
     family = "standin"
 
     def __init__(self, sampler: StandInSampler) -> None:
-        super().__init__(image_shape=(1, 8, 8), num_classes=10)
+        super().__init__(data_shape=(1, 8, 8), num_classes=10)
         self.layer = torch.nn.Linear(1, 1)
         self.sampler = sampler
 

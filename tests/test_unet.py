@@ -51,7 +51,7 @@ def test_every_configured_unet_depends_on_t_and_the_class(overrides, conditional
     for block in model.net.modules():
         if isinstance(block, ResBlock):
             assert block.scale_shift_norm or block.norm2.num_channels // block.norm2.num_groups >= MIN_GROUP_CHANNELS
-    by_t, by_class = sensitivities(model.net, model.image_shape, conditional)
+    by_t, by_class = sensitivities(model.net, model.data_shape, conditional)
     assert by_t > 0.02, f"t=10 and t=900 give outputs only {by_t:.1e} apart"
     if conditional:
         assert by_class > 0.02, f"classes 3 and 7 give outputs only {by_class:.1e} apart"

@@ -5,6 +5,7 @@ map, samples decoded to the data shape; both stages through genlab-train and gen
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -104,3 +105,89 @@ def test_perplexity_is_logged_and_the_ema_callback_does_not_average_the_codebook
     # the weights are averaged; the codebook, an EMA of its own, is the current one at every step
     assert not any(recorder.same_weights[1:]) and len(recorder.same_weights) == 6
     assert all(recorder.same_codebook)
+
+
+# ----- the prior (stage 2) ------------------------------------------------------------------------
+def _stage1_checkpoint(path, overrides, state_dict=None):
+    """A checkpoint as genlab-train writes it (the state and the run's resolved config)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+    from genlab.config import instantiate
+
+    cfg = compose_cfg(overrides=overrides, output_dir=path.parent)
+    if state_dict is None:
+        torch.manual_seed(0)
+        state_dict = instantiate(cfg.model, "model").state_dict()
+    torch.save({"state_dict": state_dict, "genlab": {"config": OmegaConf.to_container(cfg, resolve=True)}}, path)
+    return path
+
+
+VQ_TINY = ["model.channels=8", "model.latent_dim=4", "model.codebook_size=8", "model.res_blocks=1"]
+
+
+def test_the_prior_refuses_a_stage1_of_another_model_or_dataset_naming_both(tmp_path):
+    from genlab.errors import CheckpointError
+    from genlab.models.vqvae import VQVAEPrior
+
+    vae = _stage1_checkpoint(tmp_path / "vae.ckpt", ["model=vae", "model.channels=[8]", "model.latent_dim=2"])
+    with pytest.raises(CheckpointError, match=r"model.vqvae_ckpt=.*vae.ckpt holds a genlab.models.vae.VAE model, "
+                                              r"not a VQ-VAE \(genlab.models.vqvae.VQVAE\)"):
+        VQVAEPrior([1, 8, 8], vqvae_ckpt=str(vae), dataset="digits")
+    mnist = _stage1_checkpoint(tmp_path / "mnist.ckpt", ["model=vqvae", "dataset=mnist", *VQ_TINY])
+    with pytest.raises(CheckpointError, match=r"trained on dataset=mnist \(images \[1, 28, 28\]\), but this run's "
+                                              r"data is dataset=digits \(images \[1, 8, 8\]\)"):
+        VQVAEPrior([1, 8, 8], vqvae_ckpt=str(mnist), dataset="digits")
+
+
+def test_the_prior_is_causal_over_the_code_map_and_its_samples_decode_to_the_data_shape(tmp_path):
+    from genlab.models.vqvae import VQVAEPrior
+    from genlab.samplers.codes import CodeSampler
+
+    ckpt = _stage1_checkpoint(tmp_path / "vq.ckpt", ["model=vqvae", "dataset=digits", *VQ_TINY])
+    torch.manual_seed(0)
+    model = VQVAEPrior([1, 8, 8], vqvae_ckpt=str(ckpt), dataset="digits", dim=16, depth=2, heads=2).eval()
+    assert model.prior.vocab_size == 8 and model.stage1["dataset"] == "digits"
+    codes = torch.randint(0, 8, (1, 1, 4, 4), dtype=torch.uint8)
+    embedded = model.prior.embed(codes).detach().requires_grad_(True)
+    logits = model.prior.logits_from_embedded(embedded).view(1, 8, 16)
+    for i in range(16):
+        (grad,) = torch.autograd.grad(logits[0, :, i].sum(), embedded, retain_graph=True)
+        reach = grad[0, 0].abs().sum(-1).flatten()  # per code position
+        assert (reach[i:] == 0).all() and (i == 0 or reach[i - 1] > 0)
+    samples = CodeSampler(temperature=1.0).sample(model, 3)
+    assert samples.shape == (3, 1, 8, 8) and samples.dtype == torch.uint8
+    bits = model.nll_bits(digits_batch(4))
+    assert bits.shape == (4,) and torch.isfinite(bits).all()
+
+
+@pytest.mark.slow
+def test_both_stages_train_on_digits_are_scored_and_sample_and_the_prior_records_its_stage1(tmp_path):
+    import json
+
+    import numpy as np
+
+    from conftest import compose_cfg
+    from genlab.sample import sample
+    from genlab.train import train
+
+    fast = ["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "callbacks.bpd.max_examples=64",
+            "callbacks.samples.n=4", "callbacks.fid.num_samples=64", "callbacks.fid.chunk_size=64", "logger=none"]
+    stage1 = tmp_path / "vq"
+    train(compose_cfg(overrides=["experiment=vqvae_digits", *VQ_TINY, *fast], output_dir=stage1))
+    first = json.loads((stage1 / "metrics.json").read_text())["final"]
+    assert first["test/bpd"] < 8.0 and 1.0 <= first["test/perplexity"] <= 8.0
+    ckpt = stage1 / "checkpoints" / "last.ckpt"
+    stage2 = tmp_path / "prior"
+    train(compose_cfg(overrides=["experiment=vqvae_prior_digits", f"model.vqvae_ckpt={ckpt}", "model.dim=16",
+                                 "model.depth=1", "model.heads=2", *fast], output_dir=stage2))
+    metrics = json.loads((stage2 / "metrics.json").read_text())
+    assert metrics["stands_on"]["stage1"]["run_dir"] == str(stage1)
+    assert metrics["stands_on"]["stage1"]["vqvae_ckpt"] == str(ckpt.resolve())
+    # the learned prior's bound is below stage 1's uniform-prior bound (the same decoder term)
+    assert metrics["final"]["test/bpd"] < first["test/bpd"]
+    assert np.isfinite(metrics["final"]["test/fid_classifier"])
+    sample(compose_cfg("sample", overrides=[f"ckpt={stage2 / 'checkpoints' / 'last.ckpt'}", "n=4"],
+                       output_dir=tmp_path / "s"))
+    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    assert images.shape == (4, 1, 8, 8) and images.dtype == np.uint8

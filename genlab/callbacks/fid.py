@@ -129,7 +129,7 @@ class FIDCallback(pl.Callback):
         reference = reference_statistics(
             extractor, datamodule, split, self.num_samples, self.cache_dir, self.chunk_size, self.kid
         )
-        shape = (int(datamodule.channels), int(datamodule.image_size), int(datamodule.image_size))
+        shape = tuple(int(s) for s in datamodule.data_shape)
         conditional = model.conditional
 
         def sample_features(lo: int, hi: int) -> Tensor:
@@ -141,7 +141,7 @@ class FIDCallback(pl.Callback):
             if images.dtype != torch.uint8 or tuple(images.shape) != (hi - lo, *shape):
                 raise GenlabError(
                     f"{type(sampler).__name__} returned {images.dtype} {tuple(images.shape)}; FID "
-                    f"needs uint8 images of shape {(hi - lo, *shape)} (the dataset's)."
+                    f"needs uint8 data of shape {(hi - lo, *shape)} (the dataset's)."
                 )
             return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS
 

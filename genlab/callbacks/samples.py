@@ -1,32 +1,15 @@
-"""A grid of samples after every validation: saved as PNG and sent to the loggers."""
+"""Samples after every validation: written by the data's modality (a PNG grid for images) and
+sent to the loggers."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-import torch.nn.functional as F
-from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
 
 from genlab.checks import require_positive
 from genlab.utils import seeded
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, min_size: int = 32) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> float grid [3 or 1, H', W'] in [0, 1], small images upscaled."""
-    x = images.float() / 255
-    if x.shape[-1] < min_size:
-        x = F.interpolate(x, scale_factor=math.ceil(min_size / x.shape[-1]), mode="nearest")
-    return make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=2, pad_value=1.0)
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(image_grid(images, nrow), str(path))
 
 
 class SampleGrid(pl.Callback):
@@ -45,13 +28,8 @@ class SampleGrid(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         with seeded(self.seed):  # the same latents every time: the grids show progress
-            images = pl_module.sampler.sample(pl_module, self.n).cpu()
+            samples = pl_module.sampler.sample(pl_module, self.n).cpu()
         pl_module.train(was_training)
-        path = self.dirpath / f"epoch{trainer.current_epoch:03d}-step{trainer.global_step:06d}.png"
-        save_grid(images, path)
-        grid = image_grid(images)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("samples", [grid], step=trainer.global_step)
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, trainer.global_step)
+        modality = trainer.datamodule.modality
+        modality.save(samples, self.dirpath / f"epoch{trainer.current_epoch:03d}-step{trainer.global_step:06d}")
+        modality.log(samples, trainer.loggers, trainer.global_step)

@@ -1,8 +1,11 @@
-"""The common base of genlab's datamodules and the 8-bit data contract (DESIGN.md, contract 1).
+"""The common base of genlab's datamodules and the data contract (DESIGN.md, contract 1).
 
-A batch is ``(x, y)``: ``x`` a uint8 tensor of pixels in 0..255 shaped [B, C, H, W], ``y`` an
-int64 class label, or -1 for every example of an unlabelled dataset. Nothing here converts
-pixels to floats: each model maps ``x`` into its own space.
+A batch is ``(x, y)``: ``x`` an integer tensor of values in 0..vocab_size-1 shaped
+[B, *data_shape] (uint8 pixels [B, C, H, W] for images, 8-bit mu-law [B, C, T] for audio),
+``y`` an int64 class label, or -1 for every example of an unlabelled dataset. Nothing here
+converts values to floats: each model maps ``x`` into its own space. A datamodule states its
+``data_shape``, ``vocab_size`` and ``modality`` (genlab.modalities: how its samples are written,
+shown and measured).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import copy
 import errno
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -21,15 +24,17 @@ from torchvision.transforms.v2 import functional as F
 
 from genlab.checks import cpus_available
 from genlab.errors import DataError
+from genlab.modalities import Modality
+from genlab.modalities.image import ImageModality
 
 SPLITS = ("train", "val", "test")
 
 
-class TensorImages(Dataset):
-    """Images held in memory: uint8 [N, C, H, W] and int64 labels [N]."""
+class TensorData(Dataset):
+    """Examples held in memory: integer data [N, *data_shape] and int64 labels [N]."""
 
     def __init__(self, images: Tensor, labels: Tensor) -> None:
-        assert images.dtype == torch.uint8 and images.ndim == 4, images.shape
+        assert not images.is_floating_point() and images.ndim >= 2, (images.dtype, images.shape)
         assert len(images) == len(labels)
         self.images = images
         self.labels = labels.to(torch.int64)
@@ -40,8 +45,16 @@ class TensorImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.images[index], int(self.labels[index])
 
-    def subset(self, indices: Tensor) -> "TensorImages":
-        return TensorImages(self.images[indices], self.labels[indices])
+    def subset(self, indices: Tensor) -> "TensorData":
+        return type(self)(self.images[indices], self.labels[indices])
+
+
+class TensorImages(TensorData):
+    """Images held in memory: uint8 [N, C, H, W] and int64 labels [N]."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        assert images.dtype == torch.uint8 and images.ndim == 4, images.shape
+        super().__init__(images, labels)
 
 
 def convert_images(images: Tensor, channels: int, image_size: int, chunk: int = 4096) -> Tensor:
@@ -95,23 +108,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class ImageDataModule(pl.LightningDataModule):
-    """Common base: config checks, the seeded train/val/test split and the dataloaders.
+class DataModule(pl.LightningDataModule):
+    """Common base of every modality: config checks, the seeded train/val/test split and the
+    dataloaders.
 
-    Subclasses implement ``_inspect`` (cheap checks of the source, returning its sizes) and
-    ``_load`` (the images as datasets), and may add keys to ``identity``.
+    Subclasses state ``data_shape`` (a tuple), ``vocab_size`` and ``modality``, implement
+    ``_inspect`` (cheap checks of the source, returning its sizes) and ``_load`` (the data as
+    datasets), and add the keys that change their data to ``identity``.
     """
 
     #: classes of the source (0 for an unlabelled source); None where it is discovered
     native_classes: Optional[int] = None
+    #: values per dimension of x (0..vocab_size-1)
+    vocab_size: int = 256
 
     def __init__(
         self,
         *,
         name: str,
         root: Optional[str] = None,
-        channels: int,
-        image_size: int,
         num_classes: int,
         batch_size: int = 64,
         eval_batch_size: Optional[int] = None,
@@ -122,8 +137,7 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         """The arguments every datamodule takes (subclasses pass them through ``**kwargs``).
 
-        name: the dataset's name. root: its folder (None where it needs none). channels: 1 (grey)
-        or 3 (RGB). image_size: the side of the square images. num_classes: 0 = unlabelled.
+        name: the dataset's name. root: its folder (None where it needs none). num_classes: 0 = unlabelled.
         eval_batch_size: the val/test batch size (default batch_size). val_fraction,
         test_fraction: shares of the pool held out. seed: seeds the split alone.
         """
@@ -131,8 +145,6 @@ class ImageDataModule(pl.LightningDataModule):
         self.name = name
         # Resolved once, here: the working directory may change later (Hydra can chdir).
         self.root: Optional[Path] = Path(root).expanduser().absolute() if root not in (None, "") else None
-        self.channels = channels
-        self.image_size = image_size
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
@@ -144,8 +156,14 @@ class ImageDataModule(pl.LightningDataModule):
         self._splits: Optional[dict[str, Dataset]] = None
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.image_size, self.image_size)
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one example x: [C, H, W] for images, [C, T] for audio."""
+        raise NotImplementedError
+
+    @property
+    def modality(self) -> Modality:
+        """What writes, shows and measures this data (genlab.modalities)."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------------- checks
 
@@ -165,15 +183,6 @@ class ImageDataModule(pl.LightningDataModule):
         self._checked = True
 
     def _check_config(self) -> None:
-        if not _is_int(self.channels) or self.channels not in (1, 3):
-            raise DataError(
-                f"dataset.channels={self.channels!r} is not supported: use 1 (grey) or 3 (RGB)."
-            )
-        if not _is_int(self.image_size) or self.image_size < 4:
-            raise DataError(
-                f"dataset.image_size={self.image_size!r} is too small: use an integer >= 4 "
-                "(images are resized and center-cropped to image_size x image_size)."
-            )
         for key in ("batch_size", "eval_batch_size"):
             value = getattr(self, key)
             if not _is_int(value) or value < 1:
@@ -291,19 +300,18 @@ class ImageDataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------------------- identity
 
-    def with_seed(self, seed: int) -> "ImageDataModule":
+    def with_seed(self, seed: int) -> "DataModule":
         """The same data split with another seed (a copy; this one is left as it is)."""
         other = copy.copy(self)
         other.seed, other._splits = seed, None
         return other
 
     def identity(self) -> dict[str, Any]:
-        """Everything that changes the images of a split: a cache key for FID reference statistics."""
+        """Everything that changes the data of a split: a cache key for FID reference statistics.
+        Subclasses add their own keys (an image's size, a clip's length)."""
         return {
             "name": self.name,
             "root": str(self.root.resolve()) if self.root is not None else None,
-            "channels": self.channels,
-            "image_size": self.image_size,
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "seed": self.seed,
@@ -327,3 +335,66 @@ class ImageDataModule(pl.LightningDataModule):
         """Labels as the contract wants them: -1 everywhere when num_classes is 0."""
         labels = torch.as_tensor(labels, dtype=torch.int64)
         return labels if self.num_classes > 0 else torch.full_like(labels, -1)
+
+
+class ImageDataModule(DataModule):
+    """8-bit images [C, H, W], square: ``channels`` 1 (grey) or 3 (RGB), sides ``image_size``."""
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        image_size: int,
+        data_shape: Optional[Sequence[int]] = None,
+        vocab_size: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        """channels: 1 (grey) or 3 (RGB). image_size: the side of the square images. data_shape,
+        vocab_size: what the config states for the models (checked against channels and
+        image_size, and 256); the other arguments are DataModule's."""
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.image_size = image_size
+        self.stated_shape = data_shape
+        self.vocab_size = vocab_size
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def modality(self) -> ImageModality:
+        return ImageModality(self.data_shape, self.vocab_size)
+
+    def _check_config(self) -> None:
+        if not _is_int(self.channels) or self.channels not in (1, 3):
+            raise DataError(
+                f"dataset.channels={self.channels!r} is not supported: use 1 (grey) or 3 (RGB)."
+            )
+        if not _is_int(self.image_size) or self.image_size < 4:
+            raise DataError(
+                f"dataset.image_size={self.image_size!r} is too small: use an integer >= 4 "
+                "(images are resized and center-cropped to image_size x image_size)."
+            )
+        if self.vocab_size != 256:
+            raise DataError(f"dataset.vocab_size={self.vocab_size!r}: images are 8-bit here, use 256.")
+        check_stated_shape(self.stated_shape, self.data_shape, "dataset.channels and dataset.image_size")
+        super()._check_config()
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "channels": self.channels, "image_size": self.image_size}
+
+
+def check_stated_shape(stated: Optional[Sequence[int]], actual: tuple[int, ...], source: str) -> None:
+    """dataset.data_shape, where the config states it, must be the shape the data has."""
+    if stated is None:
+        return
+    try:
+        same = [int(s) for s in stated] == list(actual)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise DataError(
+            f"dataset.data_shape={list(stated) if isinstance(stated, Sequence) else stated!r} but {source} give "
+            f"{list(actual)}: leave dataset.data_shape to its default (it follows {source})."
+        )

@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -46,6 +45,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
 from genlab.errors import ConfigError, DataError
+from genlab.modalities import modality_class
 from genlab.metrics.distributed import is_distributed, map_chunks, rank_and_world
 from genlab.utils import atomic_file, atomic_write_json, seeded
 
@@ -55,8 +55,6 @@ EXTRACTORS = ("classifier", "inception")
 CLASSIFIER_FIDELITY_NAME = "genlab-classifier"
 INCEPTION_FIDELITY_NAME = "inception-v3-compat"
 
-#: the classifier's architecture knobs (the rest follows from the dataset's shape)
-CLASSIFIER_ARCH = {"width": 32, "feature_dim": 64}
 #: how the classifier is trained; part of its cache key
 CLASSIFIER_RECIPE = {"steps": 600, "batch_size": 64, "lr": 2e-3, "seed": 0, "version": 1}
 #: below this held-out accuracy the classifier's features say little about the images
@@ -74,40 +72,10 @@ DeviceLike = Union[str, torch.device]
 # --------------------------------------------------------------------------- the classifier
 
 
-class ClassifierNet(nn.Module):
-    """A small CNN: pairs of 3x3 convs, each pair followed by 2x2 max-pooling, global average
-    pooling, a ``feature_dim`` ReLU layer (the FID features) and a linear head (the logits)."""
-
-    def __init__(
-        self, channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = 64
-    ) -> None:
-        super().__init__()
-        # 8x8 -> 1 stage, 28x28 -> 2, 32x32 -> 3, 64x64 -> 4: stop at ~4x4 feature maps
-        stages = max(1, int(math.log2(image_size)) - 2)
-        layers: list[nn.Module] = []
-        c_in = channels
-        for i in range(stages):
-            c_out = min(width * 2**i, 4 * width)
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]  # fmt: skip
-            c_in = c_out
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim), nn.ReLU()]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """uint8 images [B, C, H, W] -> (features [B, feature_dim], logits [B, num_classes])."""
-        features = self.body(x.float() / 127.5 - 1.0)
-        return features, self.head(features)
-
-
 class ClassifierFeatureExtractor(torch_fidelity.FeatureExtractorBase):
     """torch-fidelity feature extractor over a classifier file that genlab wrote.
 
-    Input: uint8 [B, C, H, W] at the dataset's native channels and resolution. Features:
+    Input: uint8 data [B, *data_shape] of the dataset's shape. Features:
     ``features`` (the penultimate layer, used for FID and KID) and ``logits``.
     """
 
@@ -125,9 +93,11 @@ class ClassifierFeatureExtractor(torch_fidelity.FeatureExtractorBase):
         )
         ckpt = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
         arch = ckpt["arch"]
-        self.net = ClassifierNet(**arch)
+        # a fixed table of modalities, so the file cannot choose other code ("image" before issue 12)
+        self.net = modality_class(ckpt.get("modality", "image")).classifier_net(**arch)
         self.net.load_state_dict(ckpt["state_dict"])
-        self.input_shape = (arch["channels"], arch["image_size"], arch["image_size"])
+        legacy_shape = (arch.get("channels"), arch.get("image_size"), arch.get("image_size"))
+        self.input_shape = tuple(ckpt.get("data_shape", legacy_shape))
         self.requires_grad_(False)
         self.eval()
 
@@ -144,10 +114,10 @@ class ClassifierFeatureExtractor(torch_fidelity.FeatureExtractorBase):
         return False
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting uint8 images")
+        vassert(torch.is_tensor(x) and x.dtype == torch.uint8, "Expecting uint8 data")
         vassert(
             tuple(x.shape[1:]) == self.input_shape,
-            f"the classifier was trained on images of shape {self.input_shape}, "
+            f"the classifier was trained on data of shape {self.input_shape}, "
             f"got {tuple(x.shape[1:])}",
         )
         features, logits = self.net(x)
@@ -164,12 +134,7 @@ def _sha1(key: dict) -> str:
 
 
 def _classifier_arch(datamodule: Any) -> dict[str, int]:
-    return {
-        "channels": int(datamodule.channels),
-        "image_size": int(datamodule.image_size),
-        "num_classes": int(datamodule.num_classes),
-        **CLASSIFIER_ARCH,
-    }
+    return datamodule.modality.classifier_arch(int(datamodule.num_classes))
 
 
 # The classifier is trained on the split of this seed, whatever the run's seed: runs that differ
@@ -194,7 +159,7 @@ def train_classifier(datamodule: Any, path: Path, device: DeviceLike = "cpu") ->
     if len(train) == 0:
         raise DataError(f"the FID classifier needs training images; '{datamodule.name}' has none")
     with seeded(recipe["seed"]):
-        net = ClassifierNet(**_classifier_arch(datamodule)).to(device)
+        net = datamodule.modality.classifier_net(**_classifier_arch(datamodule)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe["lr"])
     loader = DataLoader(
         train, batch_size=recipe["batch_size"], shuffle=True, generator=torch.Generator().manual_seed(recipe["seed"])
@@ -219,7 +184,10 @@ def train_classifier(datamodule: Any, path: Path, device: DeviceLike = "cpu") ->
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    ckpt = {"arch": _classifier_arch(datamodule), "state_dict": state_dict, "val_accuracy": accuracy}
+    ckpt = {
+        "arch": _classifier_arch(datamodule), "modality": datamodule.modality.name,
+        "data_shape": list(datamodule.data_shape), "state_dict": state_dict, "val_accuracy": accuracy,
+    }  # fmt: skip
     with atomic_file(path, "wb") as file:
         torch.save(ckpt, file)
     log.info(
@@ -340,9 +308,9 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def extract(self, x: Tensor) -> dict[str, Tensor]:
-        """uint8 images [B, C, H, W] -> {layer: float64 features [B, D]} (CPU)."""
-        if x.dtype != torch.uint8 or x.dim() != 4:
-            raise ValueError(f"expected uint8 images [B, C, H, W], got {x.dtype} {tuple(x.shape)}")
+        """uint8 data [B, *data_shape] -> {layer: float64 features [B, D]} (CPU)."""
+        if x.dtype != torch.uint8 or x.dim() < 2:
+            raise ValueError(f"expected uint8 data [B, *data_shape], got {x.dtype} {tuple(x.shape)}")
         parts: list[tuple[Tensor, ...]] = []
         # the extractor always runs in float32, even inside a mixed-precision Trainer
         with torch.autocast(self.device.type, enabled=False):
@@ -355,7 +323,7 @@ class FeatureExtractor:
         return {layer: torch.cat([p[i] for p in parts]) for i, layer in enumerate(layers)}
 
     def features(self, x: Tensor) -> Tensor:
-        """The FID features of uint8 images [B, C, H, W]: float64 [B, D] on the CPU."""
+        """The FID features of uint8 data [B, *data_shape]: float64 [B, D] on the CPU."""
         return self.extract(x)[self.fid_layer]
 
 
@@ -371,6 +339,12 @@ def check_extractor(
         raise ConfigError(
             f"callbacks.fid.extractor={extractor} is unknown; choose one of {list(EXTRACTORS)}."
         )
+    fits = datamodule.modality.extractors
+    if extractor not in fits:
+        raise ConfigError(
+            f"callbacks.fid.extractor={extractor} cannot measure the {datamodule.modality.name} data of dataset "
+            f"'{datamodule.name}'; use callbacks.fid.extractor={fits[0]} (or callbacks.fid=null)."
+        )
     if extractor == "classifier":
         if int(datamodule.num_classes) <= 0:
             raise ConfigError(
@@ -384,10 +358,10 @@ def check_extractor(
                 "Use callbacks.fid.extractor=inception or callbacks.fid.isc=false."
             )
     else:
-        if int(datamodule.channels) not in (1, 3):
+        if int(datamodule.data_shape[0]) not in (1, 3):
             raise ConfigError(
                 f"callbacks.fid.extractor=inception takes grey or RGB images, dataset "
-                f"'{datamodule.name}' has {datamodule.channels} channels."
+                f"'{datamodule.name}' has {datamodule.data_shape[0]} channels."
             )
         inception_weights(weights_path)
 
@@ -489,7 +463,7 @@ def reference_statistics(
     """FID statistics of the first ``n`` images of a split (all of them if it has fewer).
 
     Cached in ``<cache_dir>/fid/ref-<sha1 of the key>.npz``, keyed by the dataset's identity,
-    the split, the resolution, the extractor's exact key and the number of images. Returns
+    the split, the data's shape, the extractor's exact key and the number of images. Returns
     ``mu`` and ``sigma`` (see ``statistics``), ``n`` (images used), ``path``, ``hit`` (whether
     the cache was used) and, with ``keep_features``, the ``features`` themselves (for KID).
     """
@@ -505,8 +479,7 @@ def reference_statistics(
     key = {
         "dataset": datamodule.identity(),
         "split": split,
-        "resolution": int(datamodule.image_size),
-        "channels": int(datamodule.channels),
+        "data_shape": [int(s) for s in datamodule.data_shape],
         "extractor": extractor.key,
         "n": n_used,
     }

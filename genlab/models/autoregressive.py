@@ -1,11 +1,11 @@
 """Autoregressive models: ``model=pixelcnn``, ``model=gated_pixelcnn`` and ``model=ar_transformer``.
 
 All three factorize p(x) = prod_i p(x_i | x_<i) over the sub-pixels in raster order, R -> G -> B
-within a pixel, each conditional a 256-way softmax. The likelihood is exact: ``nll_bits`` is
+within a pixel, each conditional a 256-way softmax (``vocab_size``-way for the Transformer). The likelihood is exact: ``nll_bits`` is
 -log2 p(x) of the discrete 8-bit image, computed in one forward pass, and training minimises it.
 
 Primitives for ``genlab.samplers.autoregressive``: ``logits(x, y)`` gives every conditional's
-logits at once ([B, C*256, H, W], the layout of ``Categorical256``); the convolutional models say
+logits at once ([B, C*V, H, W], the layout of ``Categorical``); the convolutional models say
 how far a pixel's logits reach (``rows_needed`` up, ``cols_needed`` either side), so a sampler
 may feed only that window;
 the Transformer decodes one sub-pixel at a time with a key/value cache (``new_cache``,
@@ -33,7 +33,7 @@ from genlab.nets.autoregressive import (
     TransformerBlock,
     init_gpt_weights,
 )
-from genlab.nets.likelihoods import Categorical256, to_unit_range
+from genlab.nets.likelihoods import Categorical, to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +46,36 @@ def _check_kernels(kernel_size: int, first_kernel_size: int) -> None:
 
 
 class AutoregressiveModel(GenerativeModel):
-    """What the three models share: the exact likelihood, the training step, conditioning."""
+    """What the autoregressive models share: the exact likelihood, the training step,
+    conditioning, and the primitives the autoregressive sampler calls.
+
+    The order is row-major over the positions of ``data_shape[1:]`` (raster order for images,
+    time for sequences), the channels of a position innermost. ``logits(x)`` gives logits
+    [B, C*V, *positions] (V = vocab_size); ``window(position)`` the part of ``x`` whose logits
+    at ``position`` are exact; a model may also offer ``new_cache``/``next_logits`` (one step).
+    """
 
     family = "autoregressive"
     likelihood = "exact"
     step_metrics = ("loss",)
-    #: rows above, and columns either side, of a pixel that can influence its logits through
-    #: the zero-padded convolutions (None: any); a sampler may crop the image to that window
-    rows_needed: Optional[int] = None
-    cols_needed: Optional[int] = None
+    data_dims = None
+    fixed_vocab_size = None
+
+    def window(self, position: Sequence[int]) -> list[tuple[int, int]]:
+        """(start, stop) per position axis of the smallest part of ``x`` from which ``logits``
+        gives the exact logits of ``position``. Here: everything up to its row (or time step)."""
+        return [(0, position[0] + 1), *((0, size) for size in self.data_shape[2:])]
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        super().__init__(tuple(data_shape), num_classes, optimizer, scheduler, conditional, vocab_size)
 
     # ----- the primitives ---------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
@@ -73,7 +84,7 @@ class AutoregressiveModel(GenerativeModel):
         return to_unit_range(x).to(next(self.parameters()).dtype)
 
     def logits_from_embedded(self, h: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """Logits [B, C*256, H, W] of every sub-pixel given the embedded image ``h``."""
+        """Logits [B, C*V, *positions] of every value given the embedded data ``h``."""
         raise NotImplementedError
 
     def logits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
@@ -81,8 +92,8 @@ class AutoregressiveModel(GenerativeModel):
 
     # ----- likelihood -------------------------------------------------------------------
     def log_probs(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """log p(x_i | x_<i) in nats for every sub-pixel, shape [B, C, H, W]."""
-        return Categorical256(self.logits(x, y), self.image_shape[0]).log_prob(x)
+        """log p(x_i | x_<i) in nats for every value, shape [B, *data_shape]."""
+        return Categorical(self.logits(x, y), self.data_shape[0], self.vocab_size).log_prob(x)
 
     def nll_bits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Exact -log2 p(x): the sum of the per-sub-pixel conditionals, one pass."""
@@ -103,13 +114,29 @@ class AutoregressiveModel(GenerativeModel):
 
 
 
-class PixelCNN(AutoregressiveModel):
+class ConvImageModel(AutoregressiveModel):
+    """A masked-convolution model of images: 8-bit [C, H, W], sampled through a raster window."""
+
+    data_dims = 3
+    fixed_vocab_size = 256
+    #: rows above, and columns either side, of a pixel that can influence its logits through
+    #: the zero-padded convolutions
+    rows_needed: int
+    cols_needed: int
+
+    def window(self, position: Sequence[int]) -> list[tuple[int, int]]:
+        i, j = position
+        w = self.data_shape[2]
+        return [(max(0, i - self.rows_needed), i + 1), (max(0, j - self.cols_needed), min(w, j + self.cols_needed + 1))]
+
+
+class PixelCNN(ConvImageModel):
     """PixelCNN (van den Oord et al., 2016): a k x k mask-A convolution, residual blocks of
     mask-B convolutions, a masked 1x1 head. Has the blind spot (up-right of each pixel)."""
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         channels: int = 64,
@@ -119,9 +146,10 @@ class PixelCNN(AutoregressiveModel):
         head_channels: int = 256,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(image_shape, num_classes, conditional, optimizer, scheduler)
-        c = self.image_shape[0]
+        super().__init__(data_shape, num_classes, conditional, optimizer, scheduler, vocab_size)
+        c = self.data_shape[0]
         require_positive("model", channels=channels, blocks=blocks, head_channels=head_channels)
         if channels < 2 * c:
             raise ConfigError(f"model.channels={channels} is too small for {c} colour channels; use >= {2 * c}")
@@ -140,14 +168,14 @@ class PixelCNN(AutoregressiveModel):
         return self.head(self.blocks(h))
 
 
-class GatedPixelCNN(AutoregressiveModel):
+class GatedPixelCNN(ConvImageModel):
     """Gated PixelCNN (van den Oord et al., 2016, "Conditional Image Generation with PixelCNN
     Decoders"): vertical and horizontal stacks with gated units, no blind spot, optionally
     conditioned on the class through a bias in every gate."""
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         channels: int = 64,
@@ -157,9 +185,10 @@ class GatedPixelCNN(AutoregressiveModel):
         head_channels: int = 256,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(image_shape, num_classes, conditional, optimizer, scheduler)
-        c = self.image_shape[0]
+        super().__init__(data_shape, num_classes, conditional, optimizer, scheduler, vocab_size)
+        c = self.data_shape[0]
         require_positive("model", channels=channels, layers=layers, head_channels=head_channels)
         if channels < c:
             raise ConfigError(f"model.channels={channels} is too small for {c} colour channels; use >= {c}")
@@ -188,10 +217,11 @@ class ARTransformer(AutoregressiveModel):
     input at position i is the value of sub-pixel i-1, with a learned position embedding."""
 
     MAX_LENGTH = 4096
+    data_dims = 3
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         dim: int = 64,
@@ -199,25 +229,26 @@ class ARTransformer(AutoregressiveModel):
         heads: int = 4,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(image_shape, num_classes, conditional, optimizer, scheduler)
+        super().__init__(data_shape, num_classes, conditional, optimizer, scheduler, vocab_size)
         require_positive("model", dim=dim, depth=depth, heads=heads)
         if dim % heads:
             raise ConfigError(f"model.dim={dim} must be a multiple of model.heads={heads}")
         self.length = self.num_dims
         if self.length > self.MAX_LENGTH:
-            c, h, w = self.image_shape
+            c, h, w = self.data_shape
             raise ConfigError(
                 f"model=ar_transformer is for small images: {c}x{h}x{w} is {self.length} sub-pixels, "
                 f"more than {self.MAX_LENGTH}. Lower dataset.image_size or use model=gated_pixelcnn."
             )
         self.dim, self.heads = dim, heads
-        self.value_embedding = nn.Embedding(256, dim)
+        self.value_embedding = nn.Embedding(self.vocab_size, dim)
         self.start = nn.Embedding(num_classes if self.conditional else 1, dim)
         self.position = nn.Parameter(torch.zeros(self.length, dim))
         self.blocks = nn.ModuleList([TransformerBlock(dim, heads) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, 256)
+        self.head = nn.Linear(dim, self.vocab_size)
         self.apply(init_gpt_weights)
         nn.init.normal_(self.position, std=0.02)
 
@@ -237,15 +268,16 @@ class ARTransformer(AutoregressiveModel):
         seq = torch.cat([self._start(b, y)[:, None], seq[:, :-1]], dim=1) + self.position[: seq.shape[1]]
         for block in self.blocks:
             seq = block(seq)
-        out = self.head(self.norm(seq))  # [B, L, 256]
-        return out.view(b, rows, w, c, 256).permute(0, 3, 4, 1, 2).reshape(b, c * 256, rows, w)
+        out = self.head(self.norm(seq))  # [B, L, V]
+        v = self.vocab_size
+        return out.view(b, rows, w, c, v).permute(0, 3, 4, 1, 2).reshape(b, c * v, rows, w)
 
     def new_cache(self, batch: int) -> KVCache:
         p = self.position
         return KVCache(len(self.blocks), batch, self.heads, self.length, self.dim // self.heads, p.device, p.dtype)
 
     def next_logits(self, cache: KVCache, previous: Optional[Tensor], y: Optional[Tensor] = None) -> Tensor:
-        """Logits [B, 256] of the next sub-pixel, given the value just drawn (None at the start);
+        """Logits [B, V] of the next sub-pixel, given the value just drawn (None at the start);
         the cache holds the keys and values of every earlier position."""
         pos = cache.length
         if pos >= self.length:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from genlab.errors import ConfigError, TrainingDiverged
+from genlab.nets.likelihoods import value_dtype
 
 
 #: nats per bit
@@ -19,8 +20,9 @@ LOG2 = math.log(2.0)
 class GenerativeModel(pl.LightningModule):
     """Base LightningModule of every family.
 
-    Batches are ``(x, y)``: ``x`` uint8 pixels in 0..255 of shape [B, C, H, W], ``y`` the class
-    label (-1 where the dataset has none). Each family maps ``x`` into its own space itself.
+    Batches are ``(x, y)``: ``x`` integer values in 0..vocab_size-1 of shape [B, *data_shape]
+    ([B, C, H, W] images, [B, C, T] audio), ``y`` the class label (-1 where the dataset has none).
+    Each family maps ``x`` into its own space itself.
     """
 
     #: family name, matched against ``Sampler.families``
@@ -34,22 +36,43 @@ class GenerativeModel(pl.LightningModule):
     #: sub-modules of the averaged one that keep moving averages of their own (an EMA codebook):
     #: the EMA callback copies their current state into the average instead of averaging it again
     self_averaging: ClassVar[tuple[str, ...]] = ()
+    #: how many axes ``data_shape`` has for this family (3: images [C, H, W], 2: [C, T]; None: any)
+    data_dims: ClassVar[Optional[int]] = 3
+    #: the one vocabulary the family's maths is written for (None: any ``vocab_size``)
+    fixed_vocab_size: ClassVar[Optional[int]] = 256
 
     def __init__(
         self,
-        image_shape: tuple[int, int, int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
         conditional: bool = False,
+        vocab_size: int = 256,
     ) -> None:
         super().__init__()
+        shape = [int(s) for s in data_shape]
+        what = f"{type(self).__name__} (family {self.family})"
+        if self.data_dims is not None and len(shape) != self.data_dims:
+            raise ConfigError(
+                f"dataset.data_shape={shape} has {len(shape)} axes, but {what} takes data of "
+                f"{self.data_dims} axes ([C, H, W] images have 3, [C, T] audio 2): "
+                "pick a dataset of that kind or a model for this one."
+            )
+        if self.fixed_vocab_size is not None and int(vocab_size) != self.fixed_vocab_size:
+            raise ConfigError(
+                f"dataset.vocab_size={vocab_size}, but {what} is written for {self.fixed_vocab_size} values "
+                f"per dimension: use {self.fixed_vocab_size}-value data or a family that takes any vocabulary."
+            )
         if conditional and num_classes <= 0:
             raise ConfigError(
                 "model.conditional=true needs a labelled dataset, but dataset.num_classes is "
                 f"{num_classes}; pick a labelled dataset or set model.conditional=false"
             )
-        self.image_shape = tuple(int(s) for s in image_shape)
+        #: the shape of one example: [C, H, W] for images, [C, T] for audio
+        self.data_shape: tuple[int, ...] = tuple(shape)
+        #: values per dimension: x holds integers in 0..vocab_size-1
+        self.vocab_size = int(vocab_size)
         self.num_classes = int(num_classes)
         #: draws and learns p(x | class); samplers pass labels to such models
         self.conditional = bool(conditional)
@@ -59,11 +82,15 @@ class GenerativeModel(pl.LightningModule):
 
     @property
     def num_dims(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w
+        return math.prod(self.data_shape)
+
+    @property
+    def value_dtype(self) -> torch.dtype:
+        """The integer dtype of data with this vocabulary (uint8 up to 256 values)."""
+        return value_dtype(self.vocab_size)
 
     def nll_bits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        """-log2 p(x) of the discrete 8-bit ``x``, one value per example (shape [B])."""
+        """-log2 p(x) of the discrete ``x``, one value per example (shape [B])."""
         raise NotImplementedError(f"the {self.family} family has no likelihood")
 
     def class_labels(self, y: Optional[Tensor]) -> Optional[Tensor]:

@@ -95,7 +95,7 @@ class DDPM(GenerativeModel):
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         timesteps: int = 1000,
@@ -115,8 +115,9 @@ class DDPM(GenerativeModel):
         bound_estimator: str = "stratified",
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        super().__init__(tuple(data_shape), num_classes, optimizer, scheduler, conditional, vocab_size)
         require_positive("model", channels=channels, channel_mult=channel_mult,
                          num_res_blocks=num_res_blocks)
         if attention_resolutions:  # empty = no attention
@@ -145,9 +146,9 @@ class DDPM(GenerativeModel):
                 f"removes it unless each group holds several channels: model.channels={channels} is too "
                 f"narrow; use model.channels>={MIN_GROUP_CHANNELS} or model.scale_shift_norm=true"
             )
-        if int(image_shape[1]) < 2 ** (len(channel_mult) - 1):
+        if int(self.data_shape[1]) < 2 ** (len(channel_mult) - 1):
             raise ConfigError(
-                f"model.channel_mult={list(channel_mult)} halves the {image_shape[1]}px image "
+                f"model.channel_mult={list(channel_mult)} halves the {self.data_shape[1]}px image "
                 f"{len(channel_mult) - 1} times; use fewer levels for this image size"
             )
 
@@ -171,7 +172,7 @@ class DDPM(GenerativeModel):
         self.posterior_coef_x0 = betas * self.alphas_bar_prev.sqrt() / (1 - self.alphas_bar)
         self.posterior_coef_xt = (1 - self.alphas_bar_prev) * self.alphas.sqrt() / (1 - self.alphas_bar)
 
-        c, h, w = self.image_shape
+        c, h, w = self.data_shape
         self.net = UNet(
             c, h, channels, channel_mult, num_res_blocks, attention_resolutions, dropout,
             num_classes=num_classes if self.conditional else 0, scale_shift_norm=scale_shift_norm,

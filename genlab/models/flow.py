@@ -74,10 +74,11 @@ class Flow(GenerativeModel):
     family = "flow"
     likelihood = "bound"
     step_metrics = ("loss",)
+    fixed_vocab_size = None  # the dequantization cells are 1/vocab_size wide
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         levels: int = 2,
         steps: int = 4,
@@ -96,8 +97,9 @@ class Flow(GenerativeModel):
         eval_dequant_samples: int = 1,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler)
+        super().__init__(tuple(data_shape), num_classes, optimizer, scheduler, vocab_size=vocab_size)
         for key, value, allowed in (("coupling", coupling, COUPLINGS), ("masks", masks, MASKS),
                                     ("permutation", permutation, PERMUTATIONS), ("net", net, NETS),
                                     ("preprocess", preprocess, PREPROCESS)):
@@ -108,7 +110,7 @@ class Flow(GenerativeModel):
             raise ConfigError(f"model.scale_bound={scale_bound!r} must be a number > 0")
         if not 0 <= logit_alpha < 0.5:
             raise ConfigError(f"model.logit_alpha={logit_alpha!r} must be in [0, 0.5)")
-        c, h, w = self.image_shape
+        c, h, w = self.data_shape
         if h != w:
             raise ConfigError(f"flows need square images, got {h}x{w}")
         check_squeezable(h, levels)
@@ -155,8 +157,8 @@ class Flow(GenerativeModel):
 
     # ----- the bijection and its inverse --------------------------------------------------
     def dequantize(self, x: Tensor) -> Tensor:
-        """uint8 x -> u = (x + w) / 256, w ~ U[0, 1): a point of x's cell of [0, 1)^D."""
-        return (x.to(self.dtype) + torch.rand(x.shape, dtype=self.dtype, device=x.device)) / 256
+        """x in 0..V-1 -> u = (x + w) / V, w ~ U[0, 1): a point of x's cell of [0, 1)^D (V = vocab_size)."""
+        return (x.to(self.dtype) + torch.rand(x.shape, dtype=self.dtype, device=x.device)) / self.vocab_size
 
     def forward_flow(self, u: Tensor) -> tuple[list[Tensor], Tensor]:
         """u in [0, 1)^D -> (latents per level, log|det du -> latents|), one log-det per example."""
@@ -202,18 +204,18 @@ class Flow(GenerativeModel):
     @torch.no_grad()
     def encode(self, x: Tensor) -> list[Tensor]:
         """Latents of 8-bit images, dequantized at the centre of each pixel's bin."""
-        return self.forward_flow((x.to(self.dtype) + 0.5) / 256)[0]
+        return self.forward_flow((x.to(self.dtype) + 0.5) / self.vocab_size)[0]
 
     @torch.no_grad()
     def decode(self, latents: Sequence[Tensor]) -> Tensor:
-        """Latents -> uint8 images (each value of u in [0, 1) falls in one of 256 bins)."""
+        """Latents -> data (each value of u in [0, 1) falls in one of vocab_size bins)."""
         u = self.inverse_flow(latents)
-        return (u * 256).floor().clamp(0, 255).to(torch.uint8)
+        return (u * self.vocab_size).floor().clamp(0, self.vocab_size - 1).to(self.value_dtype)
 
     # ----- training -----------------------------------------------------------------------
     def _nll_bits_once(self, x: Tensor) -> Tensor:
         log_pu = self.log_prob(self.dequantize(x))
-        return -(log_pu - self.num_dims * math.log(256)) / LOG2
+        return -(log_pu - self.num_dims * math.log(self.vocab_size)) / LOG2
 
     def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, _ = batch
@@ -231,5 +233,5 @@ class Flow(GenerativeModel):
         dequantizations of x (k=1: the plain dequantization bound)."""
         k = k or self.eval_dequant_samples
         log_pu = torch.stack([self.log_prob(self.dequantize(x)) for _ in range(k)])
-        log_px = torch.logsumexp(log_pu, 0) - math.log(k) - self.num_dims * math.log(256)
+        log_px = torch.logsumexp(log_pu, 0) - math.log(k) - self.num_dims * math.log(self.vocab_size)
         return -log_px / LOG2

@@ -93,7 +93,7 @@ class GAN(GenerativeModel):
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         loss: str = "nonsaturating",
@@ -108,8 +108,9 @@ class GAN(GenerativeModel):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         d_optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        super().__init__(tuple(data_shape), num_classes, optimizer, scheduler, conditional, vocab_size)
         require_positive("model", latent_dim=latent_dim, g_width=g_width, d_width=d_width, max_width=max_width)
         if gp_weight < 0:
             raise ConfigError(f"model.gp_weight={gp_weight} must be a number >= 0")
@@ -132,11 +133,11 @@ class GAN(GenerativeModel):
         if scheduler is not None:
             raise ConfigError("model.scheduler is not supported by the GAN (two optimizers); set it to null")
         try:
-            resolution_levels(self.image_shape[1])
+            resolution_levels(self.data_shape[1])
         except ValueError as err:
             raise ConfigError(f"dataset.image_size: {err}") from None
-        if self.image_shape[1] != self.image_shape[2]:
-            raise ConfigError(f"the DCGAN needs square images, got {self.image_shape[1:]}")
+        if self.data_shape[1] != self.data_shape[2]:
+            raise ConfigError(f"the DCGAN needs square images, got {self.data_shape[1:]}")
 
         self.automatic_optimization = False
         self.loss = loss
@@ -146,8 +147,8 @@ class GAN(GenerativeModel):
         self.gradient_clip_val = gradient_clip_val
         self._d_optimizer_factory = d_optimizer
         n_cond = num_classes if self.conditional else 0
-        self.generator = Generator(self.image_shape, self.latent_dim, g_width, max_width, n_cond)
-        self.discriminator = Discriminator(self.image_shape, d_width, max_width, n_cond, disc_norm)
+        self.generator = Generator(self.data_shape, self.latent_dim, g_width, max_width, n_cond)
+        self.discriminator = Discriminator(self.data_shape, d_width, max_width, n_cond, disc_norm)
 
     # ----- what the trainer config must not ask for --------------------------------------
     def check_trainer(self, trainer_cfg: DictConfig) -> None:

@@ -37,7 +37,7 @@ class HierarchicalVAE(GenerativeModel):
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         groups: int = 3,
@@ -49,10 +49,11 @@ class HierarchicalVAE(GenerativeModel):
         iw_samples: int = 64,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
         if conditional:
             raise ConfigError("model=hvae is unconditional: set model.conditional=false (model=cvae conditions)")
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        super().__init__(data_shape, num_classes, optimizer, scheduler, conditional, vocab_size)
         require_positive("model", groups=groups, latent_channels=latent_channels, channels=channels,
                          cells=cells, iw_samples=iw_samples)
         if kl_warmup_steps < 0:
@@ -63,7 +64,7 @@ class HierarchicalVAE(GenerativeModel):
         self.kl_warmup_steps, self.iw_samples = int(kl_warmup_steps), int(iw_samples)
         self.pixel_dist = PIXEL_LIKELIHOODS[likelihood]
         self.step_metrics = (*self.step_metrics, *(f"kl{g}_bpd" for g in range(self.groups)))
-        c, h, w = self.image_shape
+        c, h, w = self.data_shape
         self.latent_size = ((h + 1) // 2, (w + 1) // 2)
 
         def stack() -> nn.Sequential:
@@ -96,8 +97,8 @@ class HierarchicalVAE(GenerativeModel):
         return features[::-1]
 
     def _pixels(self, h: Tensor) -> Any:
-        out = self.to_pixels(h)[:, :, : self.image_shape[1], : self.image_shape[2]]
-        return self.pixel_dist(out, self.image_shape[0])
+        out = self.to_pixels(h)[:, :, : self.data_shape[1], : self.data_shape[2]]
+        return self.pixel_dist(out, self.data_shape[0])
 
     def top_down(self, n: int, features: Optional[list[Tensor]] = None, eps: Optional[Tensor] = None,
                  ) -> tuple[Any, list[dict[str, Tensor]]]:

@@ -25,9 +25,14 @@ VARIANTS = {"row_lstm": RowLSTMLayer, "diagonal_bilstm": DiagonalBiLSTMLayer}
 
 
 class PixelRNN(AutoregressiveModel):
+    """Images only ([C, H, W], 256 values); the sampler's window is the rows up to the pixel's."""
+
+    data_dims = 3
+    fixed_vocab_size = 256
+
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         variant: str = "diagonal_bilstm",
@@ -38,12 +43,13 @@ class PixelRNN(AutoregressiveModel):
         head_channels: int = 128,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(image_shape, num_classes, conditional, optimizer, scheduler)
+        super().__init__(data_shape, num_classes, conditional, optimizer, scheduler, vocab_size)
         if variant not in VARIANTS:
             raise ConfigError(f"model.variant={variant!r} is not known; use one of {sorted(VARIANTS)}")
         require_positive("model", channels=channels, hidden=hidden, layers=layers, head_channels=head_channels)
-        c = self.image_shape[0]
+        c = self.data_shape[0]
         for name, width in (("channels", channels), ("hidden", hidden)):
             if width < c:
                 raise ConfigError(f"model.{name}={width} is too small for {c} colour channels; use >= {c}")

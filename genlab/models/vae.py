@@ -33,7 +33,7 @@ class VAE(GenerativeModel):
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         latent_dim: int = 16,
@@ -43,8 +43,9 @@ class VAE(GenerativeModel):
         iw_samples: int = 64,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        super().__init__(tuple(data_shape), num_classes, optimizer, scheduler, conditional, vocab_size)
         require_positive("model", latent_dim=latent_dim, channels=channels, iw_samples=iw_samples)
         if beta < 0:
             raise ConfigError(f"model.beta={beta} must be a number >= 0 (the weight of the KL term)")
@@ -57,7 +58,7 @@ class VAE(GenerativeModel):
         self.iw_samples = int(iw_samples)
         self.pixel_dist = PIXEL_LIKELIHOODS[likelihood]
 
-        c, h, w = self.image_shape
+        c, h, w = self.data_shape
         n_cond = num_classes if self.conditional else 0
         sizes = [(h, w)]
         for _ in channels:
@@ -101,7 +102,7 @@ class VAE(GenerativeModel):
         if onehot is not None:
             z = torch.cat([z, onehot], dim=1)
         h = self.from_latent(z).view(-1, self._widths[-1], *self._sizes[-1])
-        return self.pixel_dist(self.to_pixels(self.decoder(h)), self.image_shape[0])
+        return self.pixel_dist(self.to_pixels(self.decoder(h)), self.data_shape[0])
 
     def prior_latents(self, n: int, temperature: float = 1.0) -> Tensor:
         return temperature * torch.randn(n, self.latent_dim, device=self.device)

@@ -46,7 +46,7 @@ class VQVAE(GenerativeModel):
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         num_classes: int = 0,
         conditional: bool = False,
         channels: int = 64,
@@ -59,10 +59,11 @@ class VQVAE(GenerativeModel):
         likelihood: str = "logistic",
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
         if conditional:
             raise ConfigError("model=vqvae is unconditional: set model.conditional=false")
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        super().__init__(data_shape, num_classes, optimizer, scheduler, conditional, vocab_size)
         require_positive("model", channels=channels, latent_dim=latent_dim, codebook_size=codebook_size,
                          downsamples=downsamples, res_blocks=res_blocks)
         require_fraction("model", decay=decay)
@@ -73,7 +74,7 @@ class VQVAE(GenerativeModel):
         self.beta = float(beta)
         self.codebook_size = int(codebook_size)
         self.pixel_dist = PIXEL_LIKELIHOODS[likelihood]
-        c, h, w = self.image_shape
+        c, h, w = self.data_shape
         for _ in range(downsamples):
             h, w = (h + 1) // 2, (w + 1) // 2
         #: the shape of one code map
@@ -100,8 +101,8 @@ class VQVAE(GenerativeModel):
         return self.quantizer.nearest(z.movedim(1, -1).reshape(-1, z.shape[1]).float()).view(z.shape[0], *z.shape[2:])
 
     def decode_latents(self, z_q: Tensor) -> Any:
-        out = self.decoder(z_q)[:, :, : self.image_shape[1], : self.image_shape[2]]
-        return self.pixel_dist(out, self.image_shape[0])
+        out = self.decoder(z_q)[:, :, : self.data_shape[1], : self.data_shape[2]]
+        return self.pixel_dist(out, self.data_shape[0])
 
     def decode_codes(self, codes: Tensor) -> Any:
         """p(x | z) for code maps [B, h, w]."""
@@ -153,7 +154,7 @@ class VQVAEPrior(GenerativeModel):
 
     def __init__(
         self,
-        image_shape: Sequence[int],
+        data_shape: Sequence[int],
         vqvae_ckpt: Optional[str] = None,
         dataset: str = "",
         num_classes: int = 0,
@@ -163,10 +164,11 @@ class VQVAEPrior(GenerativeModel):
         heads: int = 4,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[Callable[..., Any]] = None,
+        vocab_size: int = 256,
     ) -> None:
         if conditional:
             raise ConfigError("model=vqvae_prior is unconditional: set model.conditional=false")
-        super().__init__(tuple(image_shape), num_classes, optimizer, scheduler, conditional)
+        super().__init__(data_shape, num_classes, optimizer, scheduler, conditional, vocab_size)
         self.vqvae, self.stage1 = self._load_stage1(vqvae_ckpt, dataset)
         self.vqvae.requires_grad_(False)
         h, w = self.vqvae.code_shape
@@ -192,11 +194,11 @@ class VQVAEPrior(GenerativeModel):
             raise CheckpointError(
                 f"{key}={path} holds a {theirs} model, not a VQ-VAE ({wanted}): the prior is trained on the "
                 "codes of a model=vqvae run; name the checkpoint of one")
-        their_data, their_shape = data_cfg.get("name"), [int(s) for s in model_cfg.get("image_shape", [])]
-        if their_data != dataset or their_shape != list(self.image_shape):
+        their_data, their_shape = data_cfg.get("name"), [int(s) for s in model_cfg.get("data_shape", [])]
+        if their_data != dataset or their_shape != list(self.data_shape):
             raise CheckpointError(
                 f"{key}={path} is a VQ-VAE trained on dataset={their_data} (images {their_shape}), but this "
-                f"run's data is dataset={dataset} (images {list(self.image_shape)}): train the prior on the "
+                f"run's data is dataset={dataset} (images {list(self.data_shape)}): train the prior on the "
                 f"stage-1 data (dataset={their_data}) or name a VQ-VAE trained on dataset={dataset}")
         vqvae = load_model(checkpoint, OmegaConf.create(model_cfg), f"{key}={path}")
         record = {
@@ -228,7 +230,7 @@ class VQVAEPrior(GenerativeModel):
     def codes_of(self, x: Tensor) -> Tensor:
         """The deterministic code maps of x as the prior's data [B, 1, h, w]."""
         with torch.no_grad():
-            return self.vqvae.encode_codes(x)[:, None].to(torch.uint8 if self.vqvae.codebook_size <= 256 else torch.long)
+            return self.vqvae.encode_codes(x)[:, None].to(self.prior.value_dtype)
 
     # ----- training ---------------------------------------------------------------------
     def shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:

@@ -13,6 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def value_dtype(vocab_size: int) -> torch.dtype:
+    """The integer dtype that holds 0..vocab_size-1: uint8 for 8-bit data, int32 beyond."""
+    return torch.uint8 if vocab_size <= 256 else torch.int32
+
+
 def to_unit_range(x: Tensor) -> Tensor:
     """uint8 0..255 -> float in [-1, 1]."""
     return x.float() / 127.5 - 1.0
@@ -62,25 +67,31 @@ class DiscretizedLogistic:
         return to_uint8(self.mean + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u)))
 
 
-class Categorical256:
-    """A 256-way softmax per sub-pixel; ``params`` are logits [B, C*256, H, W]."""
+class Categorical:
+    """A ``vocab_size``-way softmax per value; ``params`` are logits [B, C*V, *positions]
+    ([B, C*V, H, W] for images, [B, C*V, T] for sequences)."""
 
     params_per_channel = 256
 
-    def __init__(self, params: Tensor, channels: int) -> None:
-        b, _, h, w = params.shape
-        self.logits = params.float().view(b, channels, 256, h, w).movedim(2, -1)  # [B, C, H, W, 256]
+    def __init__(self, params: Tensor, channels: int, vocab_size: int = 256) -> None:
+        b, _, *positions = params.shape
+        self.vocab_size = vocab_size
+        self.logits = params.float().view(b, channels, vocab_size, *positions).movedim(2, -1)  # [B, C, ..., V]
 
     def log_prob(self, x: Tensor) -> Tensor:
         log_p = torch.log_softmax(self.logits, dim=-1)
         return log_p.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
 
     def mean_image(self) -> Tensor:
-        values = torch.arange(256, device=self.logits.device, dtype=self.logits.dtype)
-        return (torch.softmax(self.logits, dim=-1) @ values).round().to(torch.uint8)
+        values = torch.arange(self.vocab_size, device=self.logits.device, dtype=self.logits.dtype)
+        return (torch.softmax(self.logits, dim=-1) @ values).round().to(value_dtype(self.vocab_size))
 
     def sample(self) -> Tensor:
-        return torch.distributions.Categorical(logits=self.logits).sample().to(torch.uint8)
+        return torch.distributions.Categorical(logits=self.logits).sample().to(value_dtype(self.vocab_size))
+
+
+class Categorical256(Categorical):
+    """The 256-way softmax of 8-bit pixels (the VAE's ``likelihood: categorical``)."""
 
 
 PIXEL_LIKELIHOODS = {"logistic": DiscretizedLogistic, "categorical": Categorical256}

@@ -36,7 +36,7 @@ class DiffusionSampler(Sampler):
     def _start(self, model: GenerativeModel, n: int, labels: Optional[Tensor], noise: Optional[Tensor]):
         if labels is None:
             labels = self.labels_for(model, n)
-        x = torch.randn(n, *model.image_shape, device=model.device) if noise is None else noise.to(model.device).float()
+        x = torch.randn(n, *model.data_shape, device=model.device) if noise is None else noise.to(model.device).float()
         return x, labels
 
     def _denoise(self, model: GenerativeModel, x: Tensor, i: int, labels: Optional[Tensor]):
