@@ -121,3 +121,31 @@ def test_every_family_honours_the_contract(family, tmp_path, request):
                 expected = model.eval().nll_bits(x, labels)
             with seeded(0):
                 torch.testing.assert_close(loaded.nll_bits(x, labels), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment, sizes", [
+    ("pixelrnn_digits", ["model.variant=row_lstm", "model.channels=8", "model.hidden=8", "model.layers=1",
+                         "model.head_channels=16"]),
+    ("hvae_digits", ["model.channels=8", "model.groups=2", "model.iw_samples=4"]),
+])
+def test_the_new_families_train_are_scored_and_sample_through_the_entry_points(experiment, sizes, tmp_path):
+    """(VQ-VAE and its prior: tests/test_vqvae.py.)"""
+    import json
+
+    import numpy as np
+
+    from genlab.sample import sample
+    from genlab.train import train
+
+    run = tmp_path / "run"
+    train(compose_cfg(overrides=[f"experiment={experiment}", *sizes, "trainer.max_epochs=1", "trainer.limit_train_batches=10",
+                                 "trainer.check_val_every_n_epoch=1", "callbacks.bpd.max_examples=64",
+                                 "callbacks.samples.n=4", "callbacks.fid.num_samples=32",
+                                 "callbacks.fid.chunk_size=32", "logger=none"], output_dir=run))
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert final["test/bpd"] < 8.0 and math.isfinite(final["test/fid_classifier"])
+    sample(compose_cfg("sample", overrides=[f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=4"],
+                       output_dir=tmp_path / "s"))
+    images = np.load(tmp_path / "s" / "samples.npz")["images"]
+    assert images.shape == (4, 1, 8, 8) and images.dtype == np.uint8
