@@ -32,10 +32,8 @@ FAMILIES = {
     "pixelcnn": ["model=pixelcnn", "model.channels=8", "model.blocks=1", "model.head_channels=16"],
     "gated_pixelcnn": ["model=gated_pixelcnn", "model.channels=8", "model.layers=2", "model.head_channels=16"],
     "ar_transformer": ["model=ar_transformer", "model.dim=16", "model.depth=1", "model.heads=2"],
-    "pixelrnn_row": ["model=pixelrnn", "model.variant=row_lstm", "model.channels=8", "model.hidden=8",
-                     "model.layers=1", "model.head_channels=16"],
-    "pixelrnn_diagonal": ["model=pixelrnn", "model.channels=8", "model.hidden=8", "model.layers=1",
-                          "model.head_channels=16"],
+    "pixelrnn": ["model=pixelrnn", "model.variant=row_lstm", "model.channels=8", "model.hidden=8",
+                 "model.layers=1", "model.head_channels=16"],  # diagonal_bilstm: test_pixelrnn, test_config
     "ddpm": ["model=ddpm", "model.channels=8", "model.attention_resolutions=[]", "model.bound_timesteps=4",
              "model.timesteps=100", "sampler.steps=4"],
     "nice": ["model=nice", "model.hidden=8", "model.steps=2"],
