@@ -165,7 +165,7 @@ def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_fol
         # The real CIFAR-10 loader cannot download here: the same images from the JPEG copy.
         overrides += ["dataset=image_folder", f"dataset.root={cifar_folder}", "dataset.num_classes=10",
                       "callbacks.fid=null"]
-        if name.startswith("autoregressive"):  # a GPU-sized net: 3,072 sampling steps per image
+        if name.startswith(("autoregressive", "pixelrnn")):  # a GPU-sized net: 3,072 sampling steps per image
             overrides += ["callbacks.samples=null", "dataset.batch_size=8", "dataset.eval_batch_size=16"]
     else:
         overrides += ["callbacks.fid.num_samples=100"]
