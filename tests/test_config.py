@@ -45,6 +45,11 @@ def test_model_options_instantiate_with_their_default_sampler(name, tmp_path):
     audio = name in ("wavenet", "waveglow")  # models of [C, T] data, composed with an audio dataset
     cfg = compose_cfg(overrides=[f"model={name}", *(["dataset=fsdd", "dataset.length=256"] if audio else [])],
                       output_dir=tmp_path)
+    required = [k for k, v in _model_defaults(name).items() if v == "???"]
+    if required:  # a value only the user has (a second stage's first-stage checkpoint): named
+        with pytest.raises(ConfigError, match=f"required config key.*model.{required[0]}"):
+            check_config(cfg, ("model",))
+        return
     model = instantiate(cfg.model, "model")
     if model.family == "vocoder":  # it vocodes the validation clips it stores when training starts
         model.references_filled.fill_(True)
@@ -201,6 +206,9 @@ def test_every_model_inside_every_experiment_builds_or_names_the_keys_to_drop(ex
     built = []
     for name in options("model"):
         defaults = _model_defaults(name)
+        if "???" in defaults.values():  # needs a stage-1 checkpoint: built with one in test_vqvae.py
+            built.append(name)
+            continue
         foreign = sorted(f"model.{k}" for k, v in tuned.items()
                          if k not in defaults or (defaults[k] is not None and _shape(v) != _shape(defaults[k])))
         cfg = compose_cfg(overrides=[f"experiment={experiment}", f"model={name}"], output_dir=tmp_path)

@@ -1,6 +1,5 @@
 """Latent directions and manifolds (genlab.latents) through the encoder primitives of the families."""
 
-import numpy as np
 import pytest
 import torch
 

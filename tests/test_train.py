@@ -149,15 +149,19 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 
 # Run by their families' own tests instead: GAN experiments have no bits/dim to assert on
 # (tests/test_gan_train.py); ddpm_* run at a small width (tests/test_diffusion_train.py), and so
-# do the audio experiments, on short clips (tests/test_audio_train.py).
+# do the audio experiments, on short clips (tests/test_audio_train.py); vqvae_prior_* need a stage-1
+# checkpoint (both stages run in tests/test_vqvae.py). The CIFAR-10 PixelRNN and HVAE (25 s each
+# here) are built by tests/test_config.py and their families trained by tests/test_family_contract.py.
 @pytest.mark.parametrize("name", [name for name in EXPERIMENTS
-                                  if not name.startswith(("dcgan_", "stylegan_", "ddpm_", "wavenet_", "waveglow_"))])
+                                  if not name.startswith(("dcgan_", "stylegan_", "ddpm_", "wavenet_", "waveglow_",
+                                                          "vqvae_prior_"))
+                                  and name not in ("pixelrnn_cifar10", "hvae_cifar10")])
 def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_folder):
     overrides = [f"experiment={name}", "trainer.limit_train_batches=3", "trainer.max_epochs=1",
                  "trainer.check_val_every_n_epoch=1", "trainer.limit_val_batches=1",
                  "trainer.limit_test_batches=1", "callbacks.bpd.max_examples=32", "callbacks.samples.n=4",
                  "logger=none"]
-    if name.startswith(("vae", "cvae")):  # the importance-weighted bound is the VAE's own key
+    if name.startswith(("vae", "cvae", "hvae")):  # the importance-weighted bound is the VAE's own key
         overrides.append("model.iw_samples=4")
     if "mnist" in name:
         overrides += [f"dataset.root={mnist_root}", "dataset.pool=test", "callbacks.fid=null"]
@@ -165,10 +169,12 @@ def test_every_experiment_runs_a_few_steps(name, tmp_path, mnist_root, cifar_fol
         # The real CIFAR-10 loader cannot download here: the same images from the JPEG copy.
         overrides += ["dataset=image_folder", f"dataset.root={cifar_folder}", "dataset.num_classes=10",
                       "callbacks.fid=null"]
-        if name.startswith("autoregressive"):  # a GPU-sized net: 3,072 sampling steps per image
+        if name.startswith(("autoregressive", "pixelrnn")):  # a GPU-sized net: 3,072 sampling steps per image
             overrides += ["callbacks.samples=null", "dataset.batch_size=8", "dataset.eval_batch_size=16"]
     else:
         overrides += ["callbacks.fid.num_samples=100"]
+    if name.startswith("pixelrnn"):  # sampling recomputes the whole image per sub-pixel
+        overrides += ["callbacks.samples=null", "callbacks.fid=null"]
     objective = train(compose_cfg(overrides=overrides, output_dir=tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert objective == metrics["best"]["val/bpd"]

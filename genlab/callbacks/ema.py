@@ -4,6 +4,9 @@ Validation, checkpoints ("state_dict" holds the averaged weights) and the final 
 the average. The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so a short
 run is not dominated by the random initial weights.
 
+Sub-modules the model names in ``self_averaging`` keep moving averages of their own (the EMA
+codebook of a VQ-VAE): the average holds a copy of their current state, not an average of it.
+
 What is averaged is the sub-module the model names in ``averaged_module`` (the whole model when
 it is empty): a family averages what it samples from. A GAN averages its generator only: an
 average of spectrally normalised discriminator weights (and of their power-iteration vectors)
@@ -75,7 +78,14 @@ class EMA(WeightAveraging):
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
             assert self._average_model is not None
             self._average_model.update_parameters(self._target(pl_module))
+            self._copy_self_averaging(pl_module)
             self._latest_update_step = trainer.global_step
+
+    def _copy_self_averaging(self, pl_module: pl.LightningModule) -> None:
+        assert self._average_model is not None
+        for name in getattr(pl_module, "self_averaging", ()):
+            current = self._target(pl_module).get_submodule(name).state_dict()
+            self._average_model.module.get_submodule(name).load_state_dict(current)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pass  # should_update never asks for epoch updates

@@ -50,6 +50,8 @@ class RunRecorder(pl.Callback):
         self.not_applicable: dict[str, str] = {}
         #: a resumed run carries the history of its checkpoint on; a new run (ckpt_path=) does not
         self.carry_history = True
+        #: the earlier runs the model is built on (``GenerativeModel.stands_on``)
+        self.stands_on: dict[str, Any] = {}
 
     def _collect(self, trainer: pl.Trainer, stage: Optional[str] = None) -> None:
         """Final and best values, and (for ``stage`` val or test) a row of that split's metrics."""
@@ -97,9 +99,12 @@ class RunRecorder(pl.Callback):
             data["not_applicable"] = self.not_applicable
         rows = ",\n".join(json.dumps(row, sort_keys=True) for row in self.history)  # a row a line: it grows long
         atomic_write_text(self.history_path, f"[\n{rows}\n]\n" if rows else "[]\n")
+        if self.stands_on:
+            data["stands_on"] = self.stands_on
         atomic_write_json(self.path, data)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.stands_on = pl_module.stands_on()
         if pl_module.likelihood is None:
             self.not_applicable["bpd"] = f"the {pl_module.family} family has no likelihood"
 
@@ -124,6 +129,7 @@ class RunRecorder(pl.Callback):
             "family": pl_module.family,
             "config": self.config,
             "metrics": {"final": dict(self.final), "best": dict(self.best), "history": list(self.history)},
+            "stands_on": self.stands_on,
         }
 
     def on_load_checkpoint(

@@ -15,7 +15,6 @@ the Transformer decodes one sub-pixel at a time with a key/value cache (``new_ca
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -24,7 +23,7 @@ from torch import Tensor
 
 from genlab.checks import require_positive
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LOG2, GenerativeModel
 from genlab.nets.autoregressive import (
     GatedLayer,
     KVCache,
@@ -36,7 +35,6 @@ from genlab.nets.autoregressive import (
 )
 from genlab.nets.likelihoods import Categorical, to_unit_range
 
-LOG2 = math.log(2.0)
 log = logging.getLogger(__name__)
 
 
@@ -92,13 +90,6 @@ class AutoregressiveModel(GenerativeModel):
     def logits(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         return self.logits_from_embedded(self.embed(x), y)
 
-    def _labels(self, y: Optional[Tensor]) -> Optional[Tensor]:
-        if not self.conditional:
-            return None
-        if y is None or (y < 0).any():
-            raise ValueError(f"a conditional {type(self).__name__} needs class labels y in 0..{self.num_classes - 1}")
-        return y.long()
-
     # ----- likelihood -------------------------------------------------------------------
     def log_probs(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """log p(x_i | x_<i) in nats for every value, shape [B, *data_shape]."""
@@ -118,9 +109,7 @@ class AutoregressiveModel(GenerativeModel):
         loss = self.nll_bits(x, y).mean() / self.num_dims  # exact bits/dim of the batch
         if stage == "train":
             self.check_finite(loss=loss)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=on_step,
-                 sync_dist=not on_step, batch_size=x.shape[0])
+        self.log_stage(stage, {"loss": loss}, x.shape[0])
         return loss
 
 
@@ -173,7 +162,7 @@ class PixelCNN(ConvImageModel):
 
     def logits_from_embedded(self, h: Tensor, y: Optional[Tensor] = None) -> Tensor:
         h = self.input_conv(h)
-        labels = self._labels(y)
+        labels = self.class_labels(y)
         if labels is not None:
             h = h + self.class_bias(labels)[:, :, None, None]
         return self.head(self.blocks(h))
@@ -215,7 +204,7 @@ class GatedPixelCNN(ConvImageModel):
         self.rows_needed = self.cols_needed + 1
 
     def logits_from_embedded(self, h: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        labels = self._labels(y)
+        labels = self.class_labels(y)
         v = h
         for layer in self.layers:
             v, h = layer(v, h, labels)
@@ -268,7 +257,7 @@ class ARTransformer(AutoregressiveModel):
         return self.value_embedding(x.long())
 
     def _start(self, batch: int, y: Optional[Tensor]) -> Tensor:
-        labels = self._labels(y)
+        labels = self.class_labels(y)
         if labels is None:
             labels = torch.zeros(batch, dtype=torch.long, device=self.position.device)
         return self.start(labels)

@@ -13,6 +13,10 @@ from genlab.errors import ConfigError, TrainingDiverged
 from genlab.nets.likelihoods import value_dtype
 
 
+#: nats per bit
+LOG2 = math.log(2.0)
+
+
 class GenerativeModel(pl.LightningModule):
     """Base LightningModule of every family.
 
@@ -36,6 +40,9 @@ class GenerativeModel(pl.LightningModule):
     loss_is_bpd: ClassVar[bool] = False
     #: the sub-module the EMA callback averages, what samples are drawn from ("" = the whole model)
     averaged_module: ClassVar[str] = ""
+    #: sub-modules of the averaged one that keep moving averages of their own (an EMA codebook):
+    #: the EMA callback copies their current state into the average instead of averaging it again
+    self_averaging: ClassVar[tuple[str, ...]] = ()
     #: how many axes ``data_shape`` has for this family (3: images [C, H, W], 2: [C, T]; None: any)
     data_dims: ClassVar[Optional[int]] = 3
     #: the one vocabulary the family's maths is written for (None: any ``vocab_size``)
@@ -102,6 +109,7 @@ class GenerativeModel(pl.LightningModule):
     def decode_latent(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Families with ``has_encoder``: data (uint8, the data contract) from latent vectors [B, latent_dim]."""
         raise NotImplementedError(f"the {self.family} family has no encoder")
+
     def class_log_prior(self) -> Tensor:
         """log p(y) over the classes of a conditional model: uniform, as the samplers draw them."""
         return torch.full((self.num_classes,), -math.log(self.num_classes), dtype=torch.float64)
@@ -116,6 +124,28 @@ class GenerativeModel(pl.LightningModule):
         ], 1)  # [B, classes], bits
         log_joint = self.class_log_prior().to(x.device)[None] - per_class * math.log(2.0)
         return -torch.logsumexp(log_joint, 1) / math.log(2.0)
+
+    def class_labels(self, y: Optional[Tensor]) -> Optional[Tensor]:
+        """The labels a conditional model is given, as long integers (None for an unconditional
+        model); a conditional one refuses a missing label or the -1 of unlabelled data."""
+        if not self.conditional:
+            return None
+        if y is None or (y < 0).any():
+            raise ValueError(f"a conditional {type(self).__name__} needs class labels y in 0..{self.num_classes - 1}")
+        return y.long()
+
+    def log_stage(self, stage: str, metrics: dict[str, Tensor], batch_size: int) -> None:
+        """Log ``<stage>/<name>`` for each metric: per step while training (the loss on the
+        progress bar), per epoch and reduced over processes in validation and test."""
+        on_step = stage == "train"
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
+                     prog_bar=on_step and name == "loss", batch_size=batch_size)
+
+    def stands_on(self) -> dict[str, Any]:
+        """The earlier runs this model is built on (a second stage names its first), recorded
+        in the run's metrics.json and checkpoints so that a report can trace them."""
+        return {}
 
     def check_trainer(self, trainer_cfg: Any) -> None:
         """Raise ConfigError for ``trainer.*`` settings this model cannot honour (called before

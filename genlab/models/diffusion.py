@@ -30,13 +30,12 @@ from torch import Tensor
 
 from genlab.checks import require_fraction, require_positive
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LOG2, GenerativeModel
 from genlab.nets.likelihoods import to_unit_range
 from genlab.nets.unet import MIN_GROUP_CHANNELS, UNet
 
 log = logging.getLogger(__name__)
 
-LOG2 = math.log(2.0)
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
 VARIANCES = ("beta", "posterior")

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from genlab.checks import require_positive
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LOG2, GenerativeModel
 from genlab.nets.flows import (
     ActNorm,
     Bijection,
@@ -43,7 +43,6 @@ from genlab.nets.flows import (
     Squeeze,
 )
 
-LOG2 = math.log(2.0)
 COUPLINGS = ("additive", "affine")
 MASKS = ("channel", "checkerboard_channel")
 PERMUTATIONS = ("none", "reverse", "shuffle", "invconv", "invconv_lu")
@@ -239,9 +238,7 @@ class Flow(GenerativeModel):
         loss = self._nll_bits_once(x).mean() / self.num_dims  # bits/dim, one dequantization draw
         if stage == "train":
             self.check_finite(loss=loss)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=on_step,
-                 sync_dist=not on_step, batch_size=x.shape[0])
+        self.log_stage(stage, {"loss": loss}, x.shape[0])
         return loss
 
 

@@ -291,16 +291,10 @@ class GAN(AdversarialModel):
         self.discriminator = Discriminator(self.data_shape, d_width, max_width, n_cond, disc_norm)
 
     # ----- the primitives samplers use ---------------------------------------------------
-    def _check_labels(self, y: Optional[Tensor]) -> Optional[Tensor]:
-        if not self.conditional:
-            return None
-        if y is None or (y < 0).any():
-            raise ValueError("a conditional GAN needs class labels y in 0..num_classes-1")
-        return y
 
     def map_latents(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """The generator's first feature maps w for latents z (and labels y), float32."""
-        return self.generator.map(z, self._check_labels(y)).float()
+        return self.generator.map(z, self.class_labels(y)).float()
 
     @torch.no_grad()
     def mean_mapped(self, y: Optional[Tensor] = None) -> Tensor:
@@ -329,7 +323,7 @@ class GAN(AdversarialModel):
 
     def generate(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """Images in [-1, 1] (float32) for latents z (and labels y for a conditional model)."""
-        return self.generator(z, self._check_labels(y)).float()
+        return self.generator(z, self.class_labels(y)).float()
 
     # ----- training ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -17,10 +17,9 @@ from torch import Tensor
 
 from genlab.checks import require_positive
 from genlab.errors import ConfigError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import LOG2, GenerativeModel
 from genlab.nets.likelihoods import PIXEL_LIKELIHOODS, to_unit_range
 
-LOG2 = math.log(2.0)
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Module:
@@ -86,11 +85,8 @@ class VAE(GenerativeModel):
 
     # ----- the primitives samplers and metrics use ---------------------------------------
     def _one_hot(self, y: Optional[Tensor]) -> Optional[Tensor]:
-        if not self.conditional:
-            return None
-        if y is None or (y < 0).any():
-            raise ValueError("a conditional VAE needs class labels y in 0..num_classes-1")
-        return F.one_hot(y.long(), self.num_classes).float()
+        labels = self.class_labels(y)
+        return None if labels is None else F.one_hot(labels, self.num_classes).float()
 
     def encode(self, x: Tensor, y: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance of q(z | x)."""
@@ -134,22 +130,10 @@ class VAE(GenerativeModel):
         recon, kl = self._neg_elbo_terms(x, y)
         to_bpd = 1.0 / (self.num_dims * LOG2)
         loss = (recon + self.beta * kl).mean() * to_bpd
-        on_step = stage == "train"
-        if on_step:
+        if stage == "train":
             self.check_finite(loss=loss, recon=recon, kl=kl)
-        self.log_dict(
-            {
-                f"{stage}/loss": loss,
-                f"{stage}/recon_bpd": recon.mean() * to_bpd,
-                f"{stage}/kl_bpd": kl.mean() * to_bpd,
-                f"{stage}/elbo_bpd": (recon + kl).mean() * to_bpd,
-            },
-            on_step=on_step,
-            on_epoch=not on_step,
-            prog_bar=stage == "train",
-            sync_dist=not on_step,
-            batch_size=x.shape[0],
-        )
+        self.log_stage(stage, {"loss": loss, "recon_bpd": recon.mean() * to_bpd, "kl_bpd": kl.mean() * to_bpd,
+                               "elbo_bpd": (recon + kl).mean() * to_bpd}, x.shape[0])
         return loss
 
 
@@ -161,18 +145,27 @@ class VAE(GenerativeModel):
         k = k or self.iw_samples
         mean, log_var = self.encode(x, y)
         std = torch.exp(0.5 * log_var)
-        b = x.shape[0]
-        log_weights = []
-        per_pass = max(1, 4096 // b)  # posterior samples decoded per forward pass
-        for start in range(0, k, per_pass):
-            m = min(per_pass, k - start)
-            eps = torch.randn(m, b, self.latent_dim, device=x.device)
+
+        def log_weights(m: int) -> Tensor:
+            eps = torch.randn(m, x.shape[0], self.latent_dim, device=x.device)
             z = mean + std * eps  # [m, B, D]
-            x_rep = x.unsqueeze(0).expand(m, *x.shape).reshape(m * b, *x.shape[1:])
-            y_rep = None if y is None else y.repeat(m)
-            log_px_z = self.decode(z.reshape(m * b, -1), y_rep).log_prob(x_rep).flatten(1).sum(1)
+            log_px_z = self.decode(z.flatten(0, 1), repeat_batch(y, m)).log_prob(repeat_batch(x, m))
             log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
             log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + log_var).sum(-1)
-            log_weights.append(log_px_z.view(m, b) + log_pz - log_qz)
-        log_px = torch.logsumexp(torch.cat(log_weights, 0), dim=0) - math.log(k)
-        return -log_px / LOG2
+            return log_px_z.flatten(1).sum(1).view(m, -1) + log_pz - log_qz
+
+        return importance_weighted_nll_bits(log_weights, x.shape[0], k)
+
+
+def repeat_batch(x: Optional[Tensor], m: int) -> Optional[Tensor]:
+    """[B, ...] -> [m * B, ...]: m copies of the batch, copy-major (None stays None)."""
+    return None if x is None else x.unsqueeze(0).expand(m, *x.shape).reshape(m * x.shape[0], *x.shape[1:])
+
+
+def importance_weighted_nll_bits(log_weights: Callable[[int], Tensor], batch: int, k: int) -> Tensor:
+    """-log2 (1/k) sum_i w_i per example (Burda et al., 2016), given ``log_weights(m)``: the
+    log-weights log p(x, z_i) - log q(z_i | x) of m fresh posterior samples, shape [m, B].
+    Samples are drawn in chunks so that one pass decodes about 4096 images."""
+    per_pass = max(1, 4096 // batch)
+    chunks = [log_weights(min(per_pass, k - start)) for start in range(0, k, per_pass)]
+    return -(torch.logsumexp(torch.cat(chunks, 0), dim=0) - math.log(k)) / LOG2
