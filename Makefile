@@ -27,7 +27,7 @@ train: $(STAMP)
 	$(VENV)/bin/genlab-train $(ARGS)
 
 test: $(STAMP) browser
-	$(VENV)/bin/python -m pytest -n 2 --durations=15 $(ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist worksteal --durations=15 $(ARGS)
 
 test-fast: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -n 2 -m "not slow" $(ARGS)

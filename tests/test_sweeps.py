@@ -64,7 +64,7 @@ def test_grid_sweep_runs_every_combination_with_one_wandb_group(tmp_path):
     plots = {p.name for p in (tmp_path / "report").glob("*.png")}
     # Curves of what was measured more than once: the training loss (every 10 steps), not val/bpd (one epoch).
     assert plots == {"objective_by_model.png", "objective_by_seed.png", "fid_classifier_vs_bpd.png",
-                     "curve_train_loss.png"}
+                     "precision_recall_classifier.png", "curve_train_loss.png"}
     # Learning curves from each run's history.json: a validation row per epoch, the best as in metrics.json.
     for job in jobs:
         history = json.loads((job / "history.json").read_text())

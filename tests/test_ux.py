@@ -114,6 +114,7 @@ README_RUNS = {
     "genlab-sample ckpt=.../last.ckpt grid=truncation grid_psis=[1.0,0.7,0.4,0.0]": "model=stylegan",
     "genlab-sample ckpt=.../last.ckpt n=64 +sampler.psi=0.7": "model=dcgan",
     "genlab-sample ckpt=PATH n=10 classes=[3] +sampler.temperature=0.9": "experiment=wavenet_fsdd dataset.length=64",
+    "genlab-sample ckpt=PATH n=64 +sampler.temperature=0.5": "model=hvae",
 }
 #: what a test machine runs instead (DDP on CPU is tested by test_ddp; FID on 5,000 samples by nothing)
 TINY = {"callbacks.fid.num_samples=5000": "callbacks.fid.num_samples=100", "hardware=ddp_cpu": "hardware=cpu"}
