@@ -58,7 +58,7 @@ class TinyCausal(AutoregressiveModel):
 
     def logits(self, x, y=None):
         h = self.inp(x.long()).permute(0, 1, 3, 2).flatten(1, 2)  # [B, 8C, T]
-        h = self.conv(F.pad(h, (2, -1))) + self.cls(self._labels(y))[:, :, None]  # t sees t-2, t-1
+        h = self.conv(F.pad(h, (2, -1))) + self.cls(self.class_labels(y))[:, :, None]  # t sees t-2, t-1
         return self.out(torch.relu(h))
 
     def window(self, position):

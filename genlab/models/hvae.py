@@ -52,7 +52,7 @@ class HierarchicalVAE(GenerativeModel):
         vocab_size: int = 256,
     ) -> None:
         if conditional:
-            raise ConfigError("model=hvae is unconditional: set model.conditional=false (model=cvae conditions)")
+            raise ConfigError("model.conditional=true: model=hvae is unconditional; set model.conditional=false (model=cvae conditions)")
         super().__init__(data_shape, num_classes, optimizer, scheduler, conditional, vocab_size)
         require_positive("model", groups=groups, latent_channels=latent_channels, channels=channels,
                          cells=cells, iw_samples=iw_samples)

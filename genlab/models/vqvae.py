@@ -62,7 +62,7 @@ class VQVAE(GenerativeModel):
         vocab_size: int = 256,
     ) -> None:
         if conditional:
-            raise ConfigError("model=vqvae is unconditional: set model.conditional=false")
+            raise ConfigError("model.conditional=true: model=vqvae is unconditional; set model.conditional=false")
         super().__init__(data_shape, num_classes, optimizer, scheduler, conditional, vocab_size)
         require_positive("model", channels=channels, latent_dim=latent_dim, codebook_size=codebook_size,
                          downsamples=downsamples, res_blocks=res_blocks)
@@ -167,7 +167,7 @@ class VQVAEPrior(GenerativeModel):
         vocab_size: int = 256,
     ) -> None:
         if conditional:
-            raise ConfigError("model=vqvae_prior is unconditional: set model.conditional=false")
+            raise ConfigError("model.conditional=true: model=vqvae_prior is unconditional; set model.conditional=false")
         super().__init__(data_shape, num_classes, optimizer, scheduler, conditional, vocab_size)
         self.vqvae, self.stage1 = self._load_stage1(vqvae_ckpt, dataset)
         self.vqvae.requires_grad_(False)

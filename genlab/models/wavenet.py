@@ -68,7 +68,7 @@ class WaveNet(AutoregressiveModel):
         return self.stack.receptive_field
 
     def _cond(self, y: Optional[Tensor]) -> Optional[Tensor]:
-        labels = self._labels(y)
+        labels = self.class_labels(y)
         return None if labels is None else self.label_embedding(labels)[:, :, None]
 
     # ----- the primitives ---------------------------------------------------------------
