@@ -17,7 +17,7 @@ from genlab.entry import entry_point, hydra_main
 from genlab.errors import ConfigError
 from genlab.latents import write_direction, write_manifold
 from genlab.models.base import GenerativeModel
-from genlab.samplers.truncation import TruncationSampler, style_mixing_grid, truncation_grid
+from genlab.samplers.base import Sampler
 from genlab.utils import seeded
 
 log = logging.getLogger("genlab")
@@ -109,20 +109,15 @@ def sample(cfg: DictConfig) -> Path:
     return output_dir
 
 
-def grid(cfg: DictConfig, model: GenerativeModel, sampler: object, output_dir: Path) -> Path:
-    """A truncation grid (a row per latent, a column per psi) or a style mixing grid (StyleGAN)."""
-    rows = cfg.grid_rows
-    if not isinstance(sampler, TruncationSampler):
-        raise ConfigError(f"grid={cfg.grid}: the grid truncates styles, which the {model.family} family has not: it "
-                          f"needs the gan family (model=dcgan, model=stylegan) and sampler=truncation")
+def grid(cfg: DictConfig, model: GenerativeModel, sampler: Sampler, output_dir: Path) -> Path:
+    """A grid the sampler draws (``Sampler.grids``: e.g. truncation or style mixing for GANs)."""
+    if cfg.grid not in sampler.grids:
+        raise ConfigError(f"grid={cfg.grid}: {type(sampler).__name__}, the sampler of this {model.family} model, "
+                          f"draws {'the grids ' + ', '.join(sampler.grids) if sampler.grids else 'no grids'}; "
+                          f"set grid= to one of those, or null for samples")
     with seeded(cfg.seed):
-        if cfg.grid == "truncation":
-            psis = list(cfg.grid_psis)
-            labels = sampler.labels_for(model, rows)  # type: ignore[attr-defined]
-            images, nrow = truncation_grid(model, rows, psis, labels).cpu(), len(psis)
-        else:
-            psi = getattr(sampler, "psi", 1.0)
-            images, nrow = style_mixing_grid(model, rows, cfg.grid_layer, psi).cpu(), rows + 1
+        images, nrow = sampler.grid(model, cfg.grid, cfg.grid_rows, cfg)
+    images = images.cpu()
     output_dir.mkdir(parents=True, exist_ok=True)
     instantiate(cfg.dataset, "dataset").modality.save(images, output_dir / cfg.grid, nrow=nrow)
     np.savez_compressed(output_dir / f"{cfg.grid}.npz", images=images.numpy())

@@ -262,3 +262,24 @@ def test_stylegan_trains_on_digits_logs_fid_precision_recall_and_samples(tmp_pat
                           output_dir=tmp_path / grid)
         sample(cfg)
         assert np.load(tmp_path / grid / f"{grid}.npz")["images"].shape == (cells, 1, 8, 8)
+
+
+def test_grids_are_what_the_sampler_draws_and_others_are_refused_naming_them(tmp_path):
+    from genlab.config import build_sampler, instantiate
+    from genlab.sample import grid
+
+    options = OmegaConf.create({"grid_psis": [1.0, 0.0], "grid_layer": 1})
+    stylegan = StyleGAN((1, 8, 8), latent_dim=8, w_dim=8, mapping_layers=2, g_width=8, d_width=8, max_width=8)
+    truncation = TruncationSampler()
+    assert set(truncation.grids) == {"truncation", "style_mixing"}
+    images, per_row = truncation.grid(stylegan.eval(), "truncation", 3, options)
+    assert images.shape == (6, 1, 8, 8) and images.dtype == torch.uint8 and per_row == 2
+    images, per_row = truncation.grid(stylegan, "style_mixing", 3, options)
+    assert per_row == 4 and images.shape[0] % per_row == 0
+    cfg = compose_cfg(overrides=["model=vae"], output_dir=tmp_path)
+    vae = instantiate(cfg.model, "model")
+    prior = build_sampler(cfg.sampler, vae)
+    sample_cfg = OmegaConf.create({"grid": "truncation", "grid_rows": 2, "seed": 0})
+    with pytest.raises(ConfigError, match=r"grid=truncation: \w+, the sampler of this vae model, draws no grids"):
+        grid(sample_cfg, vae, prior, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

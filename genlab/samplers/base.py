@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -22,6 +22,8 @@ class Sampler:
     families: ClassVar[tuple[str, ...]] = ()
     #: for conditional models: the classes to draw, cycled (None = every class in turn)
     classes: Optional[list[int]] = None
+    #: the picture grids ``genlab-sample grid=<name>`` can ask of this sampler (``grid``)
+    grids: ClassVar[tuple[str, ...]] = ()
 
     def check(self, model: GenerativeModel, compatible: Optional[list[str]] = None) -> None:
         """Refuse a model of a family this sampler does not serve, naming the samplers that do."""
@@ -51,3 +53,8 @@ class Sampler:
     @torch.no_grad()
     def sample(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
+
+    def grid(self, model: GenerativeModel, name: str, rows: int, options: Any) -> tuple[Tensor, int]:
+        """One of ``grids``: (uint8 samples laid out row by row, samples per row). ``options`` is
+        genlab-sample's config (its ``grid_*`` keys)."""
+        raise NotImplementedError(f"{type(self).__name__} draws no grids")

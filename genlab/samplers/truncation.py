@@ -13,7 +13,7 @@ a batch-normed DCGAN: see ``GAN.mean_mapped``.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from genlab.samplers.base import Sampler
 
 class TruncationSampler(Sampler):
     families = ("gan",)
+    grids = ("truncation", "style_mixing")
 
     def __init__(
         self, psi: float = 1.0, threshold: Optional[float] = None, classes: Optional[Sequence[int]] = None
@@ -51,6 +52,14 @@ class TruncationSampler(Sampler):
         if labels is None:
             labels = self.labels_for(model, n)
         return to_uint8(model.synthesise(self.mapped(model, n, labels)))
+
+    def grid(self, model: GenerativeModel, name: str, rows: int, options: Any) -> tuple[Tensor, int]:
+        """``truncation``: a row per latent, a column per psi in ``grid_psis``; ``style_mixing``:
+        the styles of one row of latents mixed into another from layer ``grid_layer`` on."""
+        if name == "truncation":
+            psis = list(options.grid_psis)
+            return truncation_grid(model, rows, psis, self.labels_for(model, rows)), len(psis)
+        return style_mixing_grid(model, rows, options.grid_layer, self.psi), rows + 1
 
 
 @torch.no_grad()
