@@ -192,8 +192,10 @@ class FIDCallback(pl.Callback):
             f"{split}/fid_{name}_floor": frechet_distance(floor_ref, reference),
             f"{split}/fid_{name}_ref_size": float(reference["n"]),
         }
-        if self.prc:
-            precision, recall = precision_recall(features, torch.from_numpy(reference["features"]))
+        if self.prc:  # on sets of one size, as Kynkaanniemi et al. use them: k-NN radii depend on the size
+            real = torch.from_numpy(reference["features"])
+            n = min(len(features), len(real))
+            precision, recall = precision_recall(features[:n], real[:n])
             values.update({f"{split}/precision_{name}": precision, f"{split}/recall_{name}": recall})
         if self.kid:
             ref_features = torch.from_numpy(reference["features"])
