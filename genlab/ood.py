@@ -19,7 +19,6 @@ A conditional model is scored by its marginal p(x) = mean over classes of p(x | 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -149,12 +148,7 @@ def bits_per_dim(model: GenerativeModel, x: Tensor, chunk: int = 100) -> np.ndar
     out = []
     for start in range(0, len(x), chunk):
         xb = x[start:start + chunk].to(model.device)
-        if model.conditional:
-            per_class = torch.stack([model.nll_bits(xb, torch.full((len(xb),), k, device=xb.device))
-                                     for k in range(model.num_classes)])
-            nll = -(torch.logsumexp(-per_class * math.log(2), 0) - math.log(model.num_classes)) / math.log(2)
-        else:
-            nll = model.nll_bits(xb)
+        nll = model.marginal_nll_bits(xb) if model.conditional else model.nll_bits(xb)
         out.append(nll.double().cpu() / xb[0].numel())
     return torch.cat(out).numpy()
 
