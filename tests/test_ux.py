@@ -88,6 +88,8 @@ def test_the_objective_follows_the_family():
     assert compose_cfg(overrides=["model=dcgan", "dataset=cifar10"]).objective == "val/fid_inception"
     for model in ("vae", "glow", "pixelcnn"):
         assert compose_cfg(overrides=[f"model={model}"]).objective == "val/bpd"
+    # a vocoder's likelihood is given each clip's own mel-spectrogram: not -log2 p(x)
+    assert compose_cfg(overrides=["experiment=waveglow_fsdd"]).objective == "val/bpd_given_mel"
     assert compose_cfg(overrides=["model=dcgan", "objective=val/is_x"]).objective == "val/is_x"  # command line wins
 
 

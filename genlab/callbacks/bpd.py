@@ -77,7 +77,7 @@ class BitsPerDim(pl.Callback):
         finally:
             model.train(was_training)
         values: dict[str, float] = {}
-        for column, name in zip(per_example.T, ("bpd", "bpd_conditional")):
+        for column, name in zip(per_example.T, (model.bpd_name, "bpd_conditional")):
             values[name], values[f"{name}_stderr"] = mean_and_stderr(column)
         return values
 
@@ -89,23 +89,24 @@ class BitsPerDim(pl.Callback):
             return
         dataset = trainer.datamodule.split_dataset(split)
         values = self.measure(pl_module, dataset)
+        bpd = pl_module.bpd_name
         if getattr(pl_module, "loss_is_bpd", False):
-            values["loss"] = values["bpd"]
+            values["loss"] = values[bpd]
         for name, value in values.items():
-            pl_module.log(f"{split}/{name}", value, prog_bar=name == "bpd", sync_dist=False, rank_zero_only=False)
+            pl_module.log(f"{split}/{name}", value, prog_bar=name == bpd, sync_dist=False, rank_zero_only=False)
         if not self._said:
             kind = "exact" if pl_module.likelihood == "exact" else "an upper bound"
             n = len(dataset) if self.max_examples is None else min(len(dataset), self.max_examples)
             marginal = " (marginal over the classes; bpd_conditional: given the true label)" \
                 if getattr(pl_module, "conditional", False) else ""
             log.info("bits/dim (%s) is %s%s, over %d %s examples: %.4f +- %.4f (standard error)",
-                     pl_module.family, kind, marginal, n, split, values["bpd"], values["bpd_stderr"])
+                     pl_module.family, kind, marginal, n, split, values[bpd], values[f"{bpd}_stderr"])
             self._said = True
 
     def metric_names(self, model: pl.LightningModule) -> list[str]:
         if model.likelihood is None:
             return []
-        names = ["val/bpd", "val/bpd_stderr"]
+        names = [f"val/{model.bpd_name}", f"val/{model.bpd_name}_stderr"]
         if getattr(model, "conditional", False):
             names += ["val/bpd_conditional", "val/bpd_conditional_stderr"]
         return names

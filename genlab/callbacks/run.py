@@ -107,6 +107,9 @@ class RunRecorder(pl.Callback):
         self.stands_on = pl_module.stands_on()
         if pl_module.likelihood is None:
             self.not_applicable["bpd"] = f"the {pl_module.family} family has no likelihood"
+        elif pl_module.likelihood_given:
+            self.not_applicable["bpd"] = (f"the {pl_module.family} family's likelihood is given the "
+                                          f"{pl_module.likelihood_given}: see {pl_module.bpd_name}")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._collect(trainer)

@@ -31,6 +31,9 @@ class GenerativeModel(pl.LightningModule):
     likelihood: ClassVar[Optional[str]] = None
     #: what the model's own steps log, as ``train/<name>`` and ``val/<name>``
     step_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    #: what the likelihood is given besides a class label (e.g. "mel": a vocoder's own clip's
+    #: mel-spectrogram): its bits/dim are then not -log2 p(x), and are logged as ``bpd_given_<it>``
+    likelihood_given: ClassVar[str] = ""
     #: maps data to latent vectors and back (``encode_mean``, ``decode_latent``, ``latent_dim``):
     #: latent directions and manifolds (genlab.latents) serve these families
     has_encoder: ClassVar[bool] = False
@@ -87,6 +90,11 @@ class GenerativeModel(pl.LightningModule):
         self._scheduler_factory = scheduler
         self._loss_checked = False  # check_finite ran since the last backward pass
         self.eval_loss_by_callback = False
+
+    @property
+    def bpd_name(self) -> str:
+        """The name its bits/dim are logged under: ``bpd`` for -log2 p(x) (or p(x|y) marginalised)."""
+        return f"bpd_given_{self.likelihood_given}" if self.likelihood_given else "bpd"
 
     @property
     def num_dims(self) -> int:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 class WaveGlow(GenerativeModel):
     family = "vocoder"
     likelihood = "bound"
+    likelihood_given = "mel"  # -log2 P(x | mel of x): logged as bpd_given_mel, never as a clip's bpd
     step_metrics = ("loss",)
     #: EMA averages the flow only: the stored reference clips (uint8) must not be averaged
     averaged_module = "flow"
