@@ -58,3 +58,13 @@ class Sampler:
         """One of ``grids``: (uint8 samples laid out row by row, samples per row). ``options`` is
         genlab-sample's config (its ``grid_*`` keys)."""
         raise NotImplementedError(f"{type(self).__name__} draws no grids")
+
+
+def decoder_options(temperature: float, pixels: str) -> tuple[float, str]:
+    """``sampler.temperature`` (>= 0) and ``sampler.pixels`` (mean | sample) of the samplers that
+    draw latents and decode them into a pixel distribution, checked."""
+    if temperature < 0:
+        raise ConfigError(f"sampler.temperature must be >= 0, got {temperature}")
+    if pixels not in ("mean", "sample"):
+        raise ConfigError(f"sampler.pixels must be 'mean' or 'sample', got {pixels!r}")
+    return float(temperature), pixels

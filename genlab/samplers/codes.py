@@ -11,21 +11,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
-from genlab.samplers.base import Sampler
+from genlab.samplers.base import Sampler, decoder_options
 
 
 class CodeSampler(Sampler):
     families = ("vqvae",)
 
     def __init__(self, temperature: float = 1.0, pixels: str = "mean") -> None:
-        if temperature < 0:
-            raise ConfigError(f"sampler.temperature must be >= 0, got {temperature}")
-        if pixels not in ("mean", "sample"):
-            raise ConfigError(f"sampler.pixels must be 'mean' or 'sample', got {pixels!r}")
-        self.temperature = float(temperature)
-        self.pixels = pixels
+        self.temperature, self.pixels = decoder_options(temperature, pixels)
 
     @torch.no_grad()
     def sample(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None) -> Tensor:

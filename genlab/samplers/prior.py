@@ -7,9 +7,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
-from genlab.samplers.base import Sampler
+from genlab.samplers.base import Sampler, decoder_options
 
 
 class PriorSampler(Sampler):
@@ -18,12 +17,7 @@ class PriorSampler(Sampler):
     def __init__(
         self, temperature: float = 1.0, pixels: str = "mean", classes: Optional[Sequence[int]] = None
     ) -> None:
-        if temperature < 0:
-            raise ConfigError(f"sampler.temperature must be >= 0, got {temperature}")
-        if pixels not in ("mean", "sample"):
-            raise ConfigError(f"sampler.pixels must be 'mean' or 'sample', got {pixels!r}")
-        self.temperature = float(temperature)
-        self.pixels = pixels
+        self.temperature, self.pixels = decoder_options(temperature, pixels)
         self.classes = list(classes) if classes is not None else None
 
     @torch.no_grad()
