@@ -38,7 +38,8 @@ from genlab.utils import atomic_file, atomic_write_text, flatten
 log = logging.getLogger("genlab")
 
 #: config keys that may change between the attempts of one run (extending or re-logging it)
-MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar",
+MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "callbacks.cpu_budget.minutes",
+              "trainer.enable_progress_bar",
               "logger", "paths", "tags", "test", "ckpt_path", "hardware", "hydra", "rank_logs",
               "dataset.num_workers")  # the workers follow the CPUs a requeued job is granted
 
