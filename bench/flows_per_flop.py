@@ -212,7 +212,7 @@ class Interleave(pl.Callback):
             self.cpu[r.name]["eval"].append(time.process_time() - t)
 
     def _write(self, pl_module) -> None:
-        rows = [{"model": f"genlab, genlab-train (Trainer, EMA, clipping)",
+        rows = [{"model": "genlab, genlab-train (Trainer, EMA, clipping)",
                  "params": sum(p.numel() for p in pl_module.parameters()),
                  "train_img_per_cpu_s": 64 * self.steps / st.median(self.trainer_cpu),
                  "train_gflop_per_img": self.flops[self.runners[0].name][0] / 64 / 1e9,

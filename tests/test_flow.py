@@ -112,6 +112,72 @@ def test_actnorm_data_init_standardises_the_first_training_batch_only():
     assert not bool(fresh.initialized) and torch.equal(fresh.log_scale, torch.zeros_like(fresh.log_scale))
 
 
+def test_actnorm_loaded_from_a_checkpoint_keeps_its_state_and_reads_the_buffer_once(tmp_path):
+    x = torch.randn(64, 3, 5, 5) * torch.tensor([0.5, 2.0, 7.0]).view(1, 3, 1, 1) + 4.0
+    trained = ActNorm(3)
+    trained(x)  # data init
+    with torch.no_grad():
+        trained.loc.add_(1.0)  # as if trained on: no longer the statistics of any batch
+    torch.save(trained.state_dict(), tmp_path / "ckpt.pt")
+    resumed = ActNorm(3)  # a new process: not initialised until the checkpoint says so
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    resumed(x * 3 + 1)  # the first training batch after a resume must not initialise again
+    assert torch.equal(resumed.loc, trained.loc) and torch.equal(resumed.log_scale, trained.log_scale)
+    # Loading an uninitialised state into an initialised layer makes the next batch initialise it.
+    resumed.load_state_dict(ActNorm(3).state_dict())
+    resumed(x)
+    assert bool(resumed.initialized) and torch.allclose(-resumed.loc.flatten(), x.mean((0, 2, 3)), atol=1e-4)
+    # Once initialised, a training forward makes no host read of the buffer (no device sync on a GPU).
+    reads = []
+    real_bool = torch.Tensor.__bool__
+    torch.Tensor.__bool__ = lambda t: reads.append(t) or real_bool(t)
+    try:
+        resumed(x)
+    finally:
+        torch.Tensor.__bool__ = real_bool
+    assert reads == []
+
+
+def test_flow_resumed_by_lightning_does_not_initialise_actnorm_again(tmp_path):
+    import pytorch_lightning as pl
+
+    from genlab.data import DigitsDataModule
+
+    def fit(model, steps, ckpt=None):
+        trainer = pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=False)
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt)
+        return trainer
+
+    torch.manual_seed(0)
+    model = Flow((1, 8, 8), levels=2, steps=1, hidden=4, **GLOW)
+    trainer = fit(model, 2)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    captured = {}
+
+    class Capture(pl.Callback):  # the weights as the resumed run's first step receives them
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            captured.update({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+    torch.manual_seed(1)
+    resumed = Flow((1, 8, 8), levels=2, steps=1, hidden=4, **GLOW)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=False,
+                         callbacks=[Capture()])
+    before_step = {}
+
+    class Forward(pl.Callback):  # the actnorm parameters right after the resumed step's forward
+        def on_before_backward(self, trainer, pl_module, loss):
+            before_step.update({k: v.clone() for k, v in pl_module.state_dict().items() if "levels" in k})
+
+    trainer.callbacks.append(Forward())
+    trainer.fit(resumed, datamodule=DigitsDataModule(batch_size=16), ckpt_path=tmp_path / "last.ckpt")
+    assert all(torch.equal(captured[k], saved[k]) for k in saved)
+    actnorm = [k for k in saved if k.endswith((".loc", ".log_scale")) and "layers" in k]
+    assert actnorm and all(torch.equal(before_step[k], saved[k]) for k in actnorm)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 4, 4)])
 def test_whole_models_invert_and_have_the_autograd_log_det(family, shape):

@@ -7,7 +7,7 @@ per example, shape [B]) and ``y -> x`` in ``inverse``. Images are [B, C, H, W] t
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -158,6 +158,12 @@ class ActNorm(Bijection):
     mean and unit variance per channel. Under DDP the statistics are summed over all ranks
     (all_reduce), so every rank starts from the same parameters. Without ``data_init`` it
     starts as the identity.
+
+    Whether it is initialised is the buffer ``initialized`` (in checkpoints, averaged by EMA,
+    broadcast by DDP). Reading it is a host read (a device sync on a GPU), so it is read only
+    until it is true: the flag ``_known_initialized`` remembers that, and loading a state dict
+    clears it, so that a checkpoint's own ``initialized`` decides again (an initialised model
+    loaded from a checkpoint does not initialise a second time; an uninitialised state does).
     """
 
     def __init__(self, channels: int, data_init: bool = True, eps: float = 1e-6) -> None:
@@ -166,6 +172,11 @@ class ActNorm(Bijection):
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(not data_init))
         self.eps = eps
+        self._known_initialized = not data_init
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._known_initialized = False  # the loaded buffer decides at the next training forward
 
     @torch.no_grad()
     def _init_from(self, x: Tensor) -> None:
@@ -180,8 +191,10 @@ class ActNorm(Bijection):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
-            self._init_from(x)
+        if self.training and not self._known_initialized:
+            if not bool(self.initialized):
+                self._init_from(x)
+            self._known_initialized = True
         y = (x + self.loc) * torch.exp(self.log_scale)
         logdet = self.log_scale.sum() * x.shape[2] * x.shape[3]
         return y, logdet.expand(x.shape[0])
@@ -233,6 +246,7 @@ class InvConv1x1(Bijection):
         g = torch.Generator().manual_seed(seed)
         w = torch.linalg.qr(torch.randn(channels, channels, generator=g))[0]
         self.lu = lu
+        self._eye_cache: Optional[Tensor] = None
         if not lu:
             self.weight = nn.Parameter(w)
             return
@@ -245,10 +259,19 @@ class InvConv1x1(Bijection):
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_s = nn.Parameter(torch.log(diag.abs()))
 
+    def _eye(self) -> Tensor:
+        """The identity of W's size, device and dtype, made once (a plain attribute, not a buffer:
+        not in checkpoints, not averaged by EMA)."""
+        eye = self._eye_cache
+        if eye is None or eye.device != self.lower.device or eye.dtype != self.lower.dtype:
+            eye = self._eye_cache = torch.eye(self.lower.shape[0], dtype=self.lower.dtype,
+                                              device=self.lower.device)
+        return eye
+
     def matrix(self) -> Tensor:
         if not self.lu:
             return self.weight
-        eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
+        eye = self._eye()
         lower = self.lower * self.lower_mask + eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return self.perm @ lower @ upper
