@@ -56,6 +56,7 @@ class EMA(WeightAveraging):
         require_positive("callbacks.ema", every_n_steps=every_n_steps)
         super().__init__(multi_avg_fn=partial(ema_update, decay))
         self.every_n_steps = every_n_steps
+        self._groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx % self.every_n_steps == 0
@@ -68,6 +69,7 @@ class EMA(WeightAveraging):
     # own with the averaged sub-module in place of the module.
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            self._groups = None
             self._average_model = AveragedModel(
                 model=self._target(pl_module), device=self._device or pl_module.device,
                 use_buffers=self._use_buffers, **self._kwargs,
@@ -77,9 +79,41 @@ class EMA(WeightAveraging):
                            batch_idx: int) -> None:
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
             assert self._average_model is not None
-            self._average_model.update_parameters(self._target(pl_module))
+            self._update_average(pl_module)
             self._copy_self_averaging(pl_module)
             self._latest_update_step = trainer.global_step
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._groups = None  # listed again once per epoch
+
+    def _update_average(self, pl_module: pl.LightningModule) -> None:
+        """``AveragedModel.update_parameters`` (the first update copies, later ones call
+        ``ema_update`` per device and dtype, then ``n_averaged`` counts it) with the pairs of
+        tensors listed and grouped once per epoch, not at every step: walking the module tree and
+        detaching two tensors per parameter cost more than the fused arithmetic itself. The lists
+        hold the parameter and buffer objects, so an in-place load or a ``.data`` swap is seen."""
+        average, target = self._average_model, self._target(pl_module)
+        assert average is not None
+        if self._groups is None:
+            averaged = [*average.module.parameters(), *average.module.buffers()]
+            current = [*target.parameters(), *target.buffers()]
+            if len(averaged) != len(current) or any(a.device != c.device for a, c in zip(averaged, current)):
+                average.update_parameters(target)  # the average on another device: torch's own way
+                return  # (listed again next time: a model moved to the average's device takes the fast way)
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+            for a, c in zip(averaged, current):
+                pair = groups.setdefault((a.device, a.dtype), ([], []))
+                pair[0].append(a)
+                pair[1].append(c)
+            self._groups = list(groups.values())
+        with torch.no_grad():
+            if average.n_averaged == 0:
+                for a, c in self._groups:
+                    torch._foreach_copy_(a, c)
+            else:
+                for a, c in self._groups:
+                    average.multi_avg_fn(a, c, average.n_averaged)
+            average.n_averaged += 1
 
     def _copy_self_averaging(self, pl_module: pl.LightningModule) -> None:
         assert self._average_model is not None
