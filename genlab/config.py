@@ -51,13 +51,12 @@ def wandb_offline() -> bool:
 
 
 def _default_fid_extractor(data_shape: Any, num_classes: Any = 0) -> str:
-    # Inception sees colour pictures. Grey labelled data (digits, MNIST, Fashion-MNIST) is far from
-    # its domain of natural photos, and other data (audio) is not pictures at all: genlab's own
-    # classifier, trained on the labels, fits them and needs no download, which keeps runs offline.
+    """callbacks.fid.extractor when the config names none: what the data's modality says
+    (genlab.modalities, each importing torch only where its methods need it)."""
+    from genlab.modalities import modality_of_shape
+
     shape = [int(d) for d in data_shape]
-    picture = len(shape) == 3
-    colour_or_unlabelled = shape[0] == 3 or int(num_classes or 0) <= 1
-    return "inception" if picture and colour_or_unlabelled else "classifier"
+    return modality_of_shape(shape).default_extractor(shape, int(num_classes or 0))
 
 
 def sweep_group() -> Optional[str]:

@@ -289,3 +289,49 @@ def test_every_readme_command_composes():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for config, overrides in commands:
             compose(config, overrides=overrides)  # raises, naming the override, where one does not fit
+
+
+DEFAULT_EXTRACTOR_PROBE = """
+import json, sys
+from hydra import compose, initialize_config_dir
+from genlab.config import CONF_DIR, register_resolvers
+register_resolvers()
+cases = {"digits": [], "mnist": [], "fashion_mnist": [], "cifar10": [], "fsdd": [], "fsdd_unlabelled": ["dataset.num_classes=0"],
+         "image_folder": ["dataset.root=x"], "image_folder_grey_labelled": ["dataset.root=x", "dataset.channels=1", "dataset.num_classes=4"],
+         "image_folder_grey": ["dataset.root=x", "dataset.channels=1"], "cifar10_unlabelled": ["dataset.num_classes=0"]}
+out = {}
+with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    for name, extra in cases.items():
+        dataset = next(d for d in ("image_folder", "fashion_mnist", "digits", "mnist", "cifar10", "fsdd") if name.startswith(d))
+        cfg = compose("train", overrides=[f"dataset={dataset}", *extra])
+        out[name] = cfg.callbacks.fid.extractor
+print(json.dumps({"extractors": out, "imported": [m for m in ("torch", "pytorch_lightning", "torchvision") if m in sys.modules]}))
+"""
+
+
+def test_the_default_fid_extractor_is_the_modalitys_and_resolves_without_torch():
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", DEFAULT_EXTRACTOR_PROBE], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    # Inception for colour or unlabelled pictures; genlab's classifier for grey labelled images
+    # and for audio (which Inception cannot measure), as before the modalities decided it
+    assert found["extractors"] == {
+        "digits": "classifier", "mnist": "classifier", "fashion_mnist": "classifier", "cifar10": "inception",
+        "fsdd": "classifier", "fsdd_unlabelled": "classifier", "image_folder": "inception",
+        "image_folder_grey_labelled": "classifier", "image_folder_grey": "inception", "cifar10_unlabelled": "inception",
+    }
+    assert found["imported"] == []
+
+
+def test_each_modality_states_its_dimensions_and_an_unknown_shape_is_named():
+    from genlab.modalities import modalities, modality_of_shape
+
+    assert sorted(cls.data_dims for cls in modalities()) == [2, 3]
+    assert modality_of_shape([1, 4000]).name == "audio" and modality_of_shape([3, 8, 8]).name == "image"
+    with pytest.raises(ValueError, match=r"data_shape=\[1, 2, 3, 4\] is the shape of 0 modalities"):
+        modality_of_shape([1, 2, 3, 4])

@@ -9,6 +9,10 @@ The interface (``Modality``):
 - ``log(samples, loggers, step, tag, files)``: send them to the W&B / TensorBoard loggers
   (``files``: what ``save`` wrote for them);
 - ``extractors``: the FID feature extractors that can measure this data;
+- ``data_dims`` and ``default_extractor(data_shape, num_classes)``: how many dimensions one
+  example has, and the FID extractor a run on such data gets unless it names one (the config
+  asks this when it is resolved: these two must not need torch, and the modules of the
+  modalities import torch only where their methods need it);
 - ``classifier_arch(num_classes)`` and ``classifier_net(**arch)``: the small classifier genlab
   trains once per dataset for the ``classifier`` FID extractor (its arch is saved with it).
 """
@@ -16,9 +20,10 @@ The interface (``Modality``):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # the config resolves default_extractor before torch is imported
+    from torch import Tensor, nn
 
 
 class Modality:
@@ -26,6 +31,14 @@ class Modality:
     name: ClassVar[str] = ""
     #: the FID feature extractors (callbacks.fid.extractor) that can measure this data
     extractors: ClassVar[tuple[str, ...]] = ("classifier",)
+    #: the number of dimensions of one example (its data_shape's length)
+    data_dims: ClassVar[int] = 0
+
+    @classmethod
+    def default_extractor(cls, data_shape: Sequence[int], num_classes: int) -> str:
+        """The FID extractor for this data when the config names none: the first that can
+        measure it (genlab's own classifier, trained on the labels: no download)."""
+        return cls.extractors[0]
 
     def __init__(self, data_shape: Sequence[int], vocab_size: int = 256) -> None:
         self.data_shape = tuple(int(s) for s in data_shape)
@@ -51,12 +64,26 @@ class Modality:
         raise NotImplementedError
 
 
-def modality_class(name: str) -> type[Modality]:
-    """The modality saved under ``name`` (a fixed table: a stored file never picks other code)."""
+def modalities() -> tuple[type[Modality], ...]:
+    """Every modality genlab knows (a fixed table: a stored file never picks other code)."""
     from genlab.modalities.audio import AudioModality
     from genlab.modalities.image import ImageModality
 
-    table: dict[str, type[Modality]] = {cls.name: cls for cls in (ImageModality, AudioModality)}
+    return (ImageModality, AudioModality)
+
+
+def modality_class(name: str) -> type[Modality]:
+    """The modality saved under ``name``."""
+    table: dict[str, type[Modality]] = {cls.name: cls for cls in modalities()}
     if name not in table:
         raise ValueError(f"unknown modality {name!r}; genlab knows {sorted(table)}")
     return table[name]
+
+
+def modality_of_shape(data_shape: Sequence[Any]) -> type[Modality]:
+    """The modality whose examples have ``len(data_shape)`` dimensions (each states its own)."""
+    fits = [cls for cls in modalities() if cls.data_dims == len(data_shape)]
+    if len(fits) != 1:
+        raise ValueError(f"data_shape={list(data_shape)} is the shape of {len(fits)} modalities "
+                         f"({', '.join(f'{cls.name}: {cls.data_dims} dimensions' for cls in modalities())})")
+    return fits[0]

@@ -4,23 +4,21 @@ W&B / TensorBoard, and a small spectrogram classifier for the FID "classifier" e
 Mu-law companding (WaveNet, van den Oord et al., 2016; ITU-T G.711) maps a waveform in [-1, 1]
 to ``vocab_size`` levels, finer near silence where speech spends most of its time:
 f(s) = sign(s) ln(1 + mu |s|) / ln(1 + mu), mu = vocab_size - 1, then quantised to 0..mu.
+
+torch, Lightning and scipy are imported where they are used: the config asks
+``AudioModality.default_extractor`` before any of them is imported.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
-
-import numpy as np
-import torch
-from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-from scipy.io import wavfile
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from genlab.modalities import Modality
-from genlab.nets.classifier import conv_body
-from genlab.nets.likelihoods import value_dtype
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 #: samples drawn in the PNG (its rows); every sample gets a WAV file
 PNG_ROWS = 8
@@ -30,6 +28,10 @@ LOGGED_CLIPS = 4
 
 def mu_law_encode(wave: Tensor, vocab_size: int = 256) -> Tensor:
     """Waveform in [-1, 1] -> integers 0..vocab_size-1 (mu-law companded, rounded)."""
+    import torch
+
+    from genlab.nets.likelihoods import value_dtype
+
     mu = vocab_size - 1
     wave = wave.float().clamp(-1, 1)
     companded = torch.sign(wave) * torch.log1p(mu * wave.abs()) / math.log1p(mu)
@@ -38,6 +40,8 @@ def mu_law_encode(wave: Tensor, vocab_size: int = 256) -> Tensor:
 
 def mu_law_decode(x: Tensor, vocab_size: int = 256) -> Tensor:
     """Integers 0..vocab_size-1 -> waveform in [-1, 1] (float32): the inverse of the companding."""
+    import torch
+
     mu = vocab_size - 1
     companded = x.float() / mu * 2 - 1
     return torch.sign(companded) * ((1 + mu) ** companded.abs() - 1) / mu
@@ -50,6 +54,8 @@ def fft_size(n_fft: int, length: int) -> int:
 
 def log_spectrogram(wave: Tensor, n_fft: int = 256) -> Tensor:
     """Waveform [..., T] -> log(1 + |STFT|) [..., n_fft // 2 + 1, frames] (Hann window, hop n_fft/2)."""
+    import torch
+
     n_fft = fft_size(n_fft, wave.shape[-1])
     flat = wave.reshape(-1, wave.shape[-1]).float()
     window = torch.hann_window(n_fft, device=wave.device)
@@ -57,34 +63,12 @@ def log_spectrogram(wave: Tensor, n_fft: int = 256) -> Tensor:
     return torch.log1p(spec).reshape(*wave.shape[:-1], *spec.shape[1:])
 
 
-class AudioClassifierNet(nn.Module):
-    """A small classifier of mu-law clips: the decoded waveform's log spectrogram, 1-D convolutions
-    over time with the frequency bins as channels, each pair followed by 2x max-pooling, global
-    average pooling, a ``feature_dim`` ReLU layer (the FID features) and a linear head."""
-
-    def __init__(
-        self, channels: int, length: int, num_classes: int, vocab_size: int = 256, width: int = 32,
-        feature_dim: int = 64, n_fft: int = 256,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.vocab_size, self.n_fft = vocab_size, fft_size(n_fft, length)
-        bins, frames = self.n_fft // 2 + 1, length // (self.n_fft // 2) + 1
-        stages = max(1, min(3, int(math.log2(frames)) - 1))
-        self.body = conv_body(nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d, channels * bins, stages, width, feature_dim)
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """uint8 mu-law clips [B, C, T] -> (features [B, feature_dim], logits [B, num_classes])."""
-        spec = log_spectrogram(mu_law_decode(x, self.vocab_size), self.n_fft)  # [B, C, F, frames]
-        features = self.body(spec.flatten(1, 2))
-        return features, self.head(features)
-
-
 class AudioModality(Modality):
     """Mu-law audio [C, T] at ``sample_rate`` Hz."""
 
     name = "audio"
     extractors = ("classifier",)
+    data_dims = 2
 
     def __init__(self, data_shape: Sequence[int], vocab_size: int = 256, sample_rate: int = 8000) -> None:
         super().__init__(data_shape, vocab_size)
@@ -97,6 +81,9 @@ class AudioModality(Modality):
     def save(self, samples: Tensor, stem: Path, nrow: Optional[int] = None) -> list[Path]:
         """``stem.png`` (waveform and spectrogram of the first samples) and ``stem-NNN.wav`` for
         every sample (16-bit PCM; channels become the WAV's channels). ``nrow`` is not used."""
+        import torch
+        from scipy.io import wavfile
+
         stem = Path(stem)
         stem.parent.mkdir(parents=True, exist_ok=True)
         waves = self.waveforms(samples)
@@ -111,6 +98,7 @@ class AudioModality(Modality):
     def plot(self, waves: Tensor, path: Path) -> Path:
         """A PNG: one row per clip (up to PNG_ROWS), its waveform left, its log spectrogram right."""
         import matplotlib
+        import numpy as np
 
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
@@ -136,6 +124,8 @@ class AudioModality(Modality):
             files: Sequence[Path] = ()) -> None:
         """The first clips: to TensorBoard as waveforms, to W&B as the WAV files ``save`` wrote
         (W&B encodes raw arrays only with the soundfile package, which genlab does not need)."""
+        from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
         waves = self.waveforms(samples[:LOGGED_CLIPS])
         wavs = [str(p) for p in files if Path(p).suffix == ".wav"][:LOGGED_CLIPS]
         for logger in loggers:
@@ -152,4 +142,6 @@ class AudioModality(Modality):
 
     @staticmethod
     def classifier_net(**arch: int) -> nn.Module:
+        from genlab.nets.classifier import AudioClassifierNet
+
         return AudioClassifierNet(**arch)
