@@ -43,11 +43,11 @@ def imports(repeats: int = 3) -> list[float]:
     return times
 
 
-def command_line(tmp: Path, repeats: int = 3) -> list[float]:
+def command_line(tmp: Path, repeats: int = 3, repo: Path = REPO) -> list[float]:
     times = []
     for i in range(repeats):
         marker = tmp / f"first-step-{i}.json"
-        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO),
+        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(repo),
                "GENLAB_TRUSTED_MODULES": "bench.first_step"}  # the timing callback is built from the config
         start = time.time()
         subprocess.run(
@@ -106,16 +106,23 @@ def phases(tmp: Path) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    # --compare DIR: also time the command of another checkout (e.g. `git archive main`), interleaved
+    other = Path(sys.argv[sys.argv.index("--compare") + 1]).resolve() if "--compare" in sys.argv else None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         # Warm the FID classifier cache once (a first run on a new machine trains it: ~5 s).
         command_line(tmp, repeats=1)
-        runs, bare = [], []
-        for _ in range(3):  # interleaved, so that the machine's load falls on both alike
+        runs, bare, before = [], [], []
+        for _ in range(3):  # interleaved, so that the machine's load falls on all alike
             runs += command_line(tmp, repeats=1)
             bare += imports(repeats=1)
-        for name, times in (("command line -> first training step", runs),
-                            ('python -c "import torch, pytorch_lightning"', bare)):
+            if other is not None:
+                before += command_line(tmp, repeats=1, repo=other)
+        rows = [("command line -> first training step", runs),
+                ('python -c "import torch, pytorch_lightning"', bare)]
+        if other is not None:
+            rows.append((f"command line -> first training step, {other}", before))
+        for name, times in rows:
             print(f"{name}: {min(times):.1f} s (min of {len(times)}: " + ", ".join(f"{t:.1f}" for t in times) + ")")
         print("load average:", " ".join(f"{v:.2f}" for v in os.getloadavg()))
         for name, seconds in phases(tmp).items():

@@ -59,9 +59,10 @@ WANDB_START_THREAD = "genlab-wandb-start"
 class BackgroundWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` whose run is started in a background thread by
     ``start_in_background(config)``, so that training does not wait for W&B's service (about
-    4 s of a start on a loaded 2-core machine, offline too). The first use of the run (a logged
-    metric, a sample grid) waits for it, and an error in starting it is raised there; anything
-    that never uses it still finds the run closed by ``genlab.entry``."""
+    4 s of a start on a loaded 2-core machine, offline too). Until it has started, ``experiment``
+    is a stand-in: Lightning's setup touches it only to have the run created, and any real use
+    (a logged metric, a sample grid, the config) waits for the start; an error in starting it
+    is raised there. ``genlab.entry`` waits for a start in flight before closing W&B."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,8 +97,28 @@ class BackgroundWandbLogger(WandbLogger):
 
     @property
     def experiment(self) -> Any:
+        starting = self._starting
+        if starting is not None and starting.is_alive() and starting is not threading.current_thread():
+            return _StartingRun(self)  # Lightning's setup touches the run only to have it created
         self.wait_started()
         return WandbLogger.experiment.fget(self)
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled for spawned processes: the run exists first
+        self.wait_started()
+        state = super().__getstate__()
+        state["_starting"] = None
+        return state
+
+
+class _StartingRun:
+    """Stands for a W&B run that is still starting: any use of it waits for the start."""
+
+    def __init__(self, logger: BackgroundWandbLogger) -> None:
+        self._logger = logger
+
+    def __getattr__(self, name: str) -> Any:
+        self._logger.wait_started()
+        return getattr(self._logger.experiment, name)
 
 
 def wait_for_wandb_start(timeout: float = 120.0) -> None:

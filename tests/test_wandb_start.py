@@ -15,8 +15,9 @@ def test_the_run_started_in_the_background_holds_the_config(tmp_path, monkeypatc
     logger = BackgroundWandbLogger(save_dir=str(tmp_path), offline=True, project="t", id="bgstart1")
     logger.start_in_background({"model": {"latent_dim": 7}, "seed": 3})
     assert logger._starting is not None and logger._starting.name == WANDB_START_THREAD
-    run = logger.experiment  # waits for the start
+    run = logger.experiment  # a stand-in while it starts; using it waits for the start
     try:
+        assert logger.__getstate__()["_starting"] is None  # picklable for spawned processes: the run exists
         assert run.id == "bgstart1" and run.config["seed"] == 3 and run.config["model"]["latent_dim"] == 7
         assert not any(t.name == WANDB_START_THREAD for t in threading.enumerate())
         logger.log_metrics({"train/loss": 1.5}, step=1)
