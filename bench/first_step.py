@@ -23,6 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the phases measure this checkout's genlab, not the venv's editable one
 
 
 class StopAtFirstStep(pl.Callback):
