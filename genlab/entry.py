@@ -57,9 +57,8 @@ def build_trainer(
 
     loggers = build_named(cfg.get("logger"), "logger")
     container = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:  # the config; a logger that can starts its run beside the first steps
-        start = getattr(logger, "start_in_background", None)
-        start(container) if start is not None else logger.log_hyperparams(container)
+    for logger in loggers:
+        logger.log_hyperparams(container)
     if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     _write_resolved_config(output_dir, container)
@@ -92,10 +91,6 @@ def finish_loggers(trainer: pl.Trainer) -> None:
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers) and global_rank() == 0:
         import wandb
 
-        from genlab.loggers import wait_for_wandb_start
-
-        wait_for_wandb_start()
-
         wandb.finish()
 
 
@@ -109,10 +104,6 @@ def in_multirun() -> bool:
 def _close_wandb(exit_code: int) -> None:
     """Close an open W&B run (the next job of a sweep in this process gets its own)."""
     wandb = sys.modules.get("wandb")
-    if wandb is not None:
-        from genlab.loggers import wait_for_wandb_start
-
-        wait_for_wandb_start()  # a run being started in the background is closed too
     if wandb is not None and wandb.run is not None:
         try:
             wandb.finish(exit_code=exit_code)

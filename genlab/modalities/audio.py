@@ -142,6 +142,6 @@ class AudioModality(Modality):
 
     @staticmethod
     def classifier_net(**arch: int) -> nn.Module:
-        from genlab.nets.classifier import AudioClassifierNet
+        from genlab.nets.audio_classifier import AudioClassifierNet
 
         return AudioClassifierNet(**arch)
