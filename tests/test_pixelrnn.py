@@ -51,6 +51,30 @@ def test_the_row_lstm_has_a_blind_region_the_diagonal_bilstm_sees():
     assert diagonal_blind == {((i, j), (i - 1, w - 1)) for i in range(1, 5) for j in range(w - 2)}
 
 
+@pytest.mark.parametrize("shape, first_kernel_size, layers", [((1, 3, 6), 5, 3), ((3, 2, 5), 3, 3)])
+def test_the_diagonal_bilstm_miss_is_the_papers_own_and_depth_does_not_close_it(shape, first_kernel_size, layers):
+    """The paper's construction (van den Oord et al., 2016, sec. 3.2), not genlab's skew: no
+    feature of row i-1 ever holds the last sub-pixel of that row (causality: a feature at (r, c)
+    holds only what comes before (r, c)), so the right-to-left map shifted down cannot bring it
+    to row i; it enters row i only through the mask-A convolution, at columns >= w-1-k//2, and
+    within a row information moves only rightwards. Whatever the depth, (i, j) misses the last
+    sub-pixel of row i-1 (the last channel of a colour image: the others are in that pixel's
+    own later-channel features) exactly for j < w-1-k//2, and sees every other earlier one."""
+    c, h, w = shape
+    torch.manual_seed(0)
+    model = PixelRNN(shape, variant="diagonal_bilstm", channels=12, hidden=12, layers=layers,
+                     first_kernel_size=first_kernel_size, head_channels=24).double().eval()
+    deps = dependency(model, shape)  # rows and columns: (i * w + j) * c + channel
+
+    def position(k):
+        (i, j), channel = divmod(k // c, w), k % c
+        return i, j, channel
+
+    blind = {(position(k), position(m)) for k in range(deps.shape[0]) for m in range(k) if deps[k, m] == 0}
+    reach = w - 1 - first_kernel_size // 2
+    assert blind == {((i, j, ch), (i - 1, w - 1, c - 1)) for i in range(1, h) for j in range(reach) for ch in range(c)}
+
+
 @pytest.mark.parametrize("variant, shape", [("row_lstm", (1, 2, 1)), ("diagonal_bilstm", (1, 1, 2))])
 def test_probabilities_of_every_image_of_a_tiny_shape_sum_to_one(variant, shape):
     torch.manual_seed(0)

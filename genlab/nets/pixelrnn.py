@@ -12,7 +12,12 @@ image channels <= g); the state-to-state path carries the states of earlier pixe
   the skewed map is a diagonal; a 2 x 1 state-to-state convolution over the previous column
   reaches the pixel to the left and the one above. The right-to-left direction runs on the
   mirrored map and its output is shifted down one row, so it carries rows above only. Together
-  they cover the whole context.
+  they cover the whole context but one sub-pixel, as in the paper's construction (sec. 3.2): no
+  feature of row i-1 holds the last sub-pixel of that row (a feature at (r, c) holds only what
+  precedes (r, c)), so the shifted right-to-left map cannot bring it down; it reaches row i only
+  through the mask-A input convolution, at columns >= W-1-k//2, and moves only rightwards in a
+  row. Pixel (i, j) with j < W-1-k//2 never sees the last sub-pixel of row i-1, at any depth
+  (``tests/test_pixelrnn.py``).
 """
 
 from __future__ import annotations
