@@ -32,7 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab.errors import GenlabError
 from genlab.trust import inert
-from genlab.utils import atomic_write_json
+from genlab.utils import atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ class Job:
     path: Optional[Path] = None  # the run directory (None for a job that never ran)
     #: one row per training epoch, validation and test: {"step": ..., "epoch": ..., metric: value}
     history: list[dict[str, float]] = field(default_factory=list)
+    #: the earlier runs a multi-stage model is built on (metrics.json's ``stands_on``): stage ->
+    #: {"run_dir", "vqvae_ckpt" or "ckpt", "sha256", ...}
+    stands_on: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def objective_value(self) -> Optional[float]:
@@ -165,6 +168,11 @@ def read_job(path: Path, sweep_dir: Path) -> Job:
         job.status = metrics.get("status", "running")
         job.final, job.best = metrics.get("final", {}), metrics.get("best", {})
         job.not_applicable = metrics.get("not_applicable", {})
+        stands_on = metrics.get("stands_on", {})
+        if isinstance(stands_on, dict) and all(isinstance(v, dict) for v in stands_on.values()):
+            job.stands_on = {str(stage): record for stage, record in stands_on.items()}
+        else:
+            problems.append("metrics.json's stands_on is not a record per earlier stage")
         if job.status == "interrupted":
             job.error = f"interrupted by {metrics.get('signal', 'a signal')}; re-run the same command to resume it"
     elif (path / "metrics.json").exists():
@@ -335,21 +343,51 @@ def _cell(job: Job, values: dict[str, float], metric: str) -> Optional[float | s
     return "n/a" if _not_applicable(job, metric) else None
 
 
+def _checkpoint_of(record: dict[str, Any]) -> Optional[str]:
+    path = record.get("ckpt", record.get("vqvae_ckpt"))
+    return path if isinstance(path, str) else None
+
+
+def trace(job: Job, jobs: Sequence[Job]) -> str:
+    """What ``job`` stands on, one stage at a time: the job of this report that wrote the
+    checkpoint (by its run directory), else that directory; the checkpoint's file name and the
+    first 12 hex digits of its SHA-256, and whether the file there now still has them."""
+    by_dir = {str(other.path.resolve()): other.name for other in jobs if other.path is not None}
+    parts = []
+    for stage, record in job.stands_on.items():
+        run_dir, ckpt, sha = record.get("run_dir"), _checkpoint_of(record), record.get("sha256")
+        where = by_dir.get(str(Path(run_dir).resolve())) if isinstance(run_dir, str) else None
+        text = f"{stage}: " + (f"job {where}" if where is not None else f"run {run_dir or '(not recorded)'}")
+        if ckpt is not None:
+            text += f", {Path(ckpt).name}"
+            if isinstance(sha, str):
+                text += f" sha256 {sha[:12]}"
+                path = Path(ckpt)
+                if not path.is_file():
+                    text += " (the file is gone)"
+                elif file_sha256(path) != sha:
+                    text += " (the file there has changed since: not the one this run stands on)"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows: job, differing overrides, status, objective, metrics (final, and best
-    where it ever differs from final), error."""
+    where it ever differs from final), what a multi-stage run stands on (when one does), error."""
     keys = differing_overrides(jobs)
+    staged = any(job.stands_on for job in jobs)
     columns: list[tuple[str, str]] = []
     for metric in metrics:
         columns.append((metric, "final"))
         if any(job.best.get(metric) != job.final.get(metric) for job in jobs):
             columns.append((metric, "best"))
-    header = ["job", *keys, "status", "objective value", *(f"{m} ({kind})" for m, kind in columns), "error"]
+    header = ["job", *keys, "status", "objective value", *(f"{m} ({kind})" for m, kind in columns),
+              *["stands on"] * staged, "error"]
     rows = []
     for job in jobs:
         cells = [_cell(job, job.final if kind == "final" else job.best, m) for m, kind in columns]
         rows.append([job.name, *(job.overrides.get(key) for key in keys), job.status, job.objective_value,
-                     *cells, job.error])
+                     *cells, *[trace(job, jobs) or None] * staged, job.error])
     return header, rows
 
 
