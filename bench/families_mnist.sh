@@ -3,7 +3,8 @@
 # cut by the data module into 8,000 train / 1,000 val / 1,000 test), on a CPU with one thread,
 # through the normal entry points. Training stops after CPU_MINUTES of the process's CPU time
 # (callbacks.cpu_budget, default 20; fair under load, unlike a wall-clock limit), then validates
-# once; the best checkpoint is then tested (held-out bits/dim). Afterwards genlab-sample draws
+# once; the best checkpoint is then tested (held-out bits/dim). Overrides given after the experiment
+# come last, so they win over the defaults here. Afterwards genlab-sample draws
 # N_SAMPLES (0: none) from the best checkpoint, timed apart. Copies metrics.json, the log and the
 # grid to bench/results/families_<name>_*.
 #   bash bench/families_mnist.sh [NAME=EXPERIMENT[,OVERRIDE...] ...]
@@ -26,10 +27,10 @@ for spec in "${runs[@]}"; do
     run="$work/$name"
     start=$(date +%s)
     echo "$name: start $(date -u +%H:%M) UTC, load $(cut -d' ' -f1-3 /proc/loadavg)"
-    $PY -m genlab.train "experiment=${args[0]}" "${args[@]:1}" "dataset.root=$work/data" dataset.pool=test \
+    $PY -m genlab.train "experiment=${args[0]}" "dataset.root=$work/data" dataset.pool=test \
         dataset.download=false callbacks.fid=null callbacks.samples=null callbacks.bpd.max_examples=1000 \
         "callbacks.cpu_budget.minutes=$CPU_MINUTES" hardware.cpu_threads=1 trainer.max_epochs=100000 logger=csv trainer.enable_progress_bar=false \
-        "hydra.run.dir=$run" > "$work/$name.log" 2>&1
+        "${args[@]:1}" "hydra.run.dir=$run" > "$work/$name.log" 2>&1
     end=$(date +%s)
     echo "$name: trained+tested $(date -u +%H:%M) UTC, load $(cut -d' ' -f1-3 /proc/loadavg)"
     grep -h "cpu_budget" "$work/$name.log" || true
