@@ -225,6 +225,18 @@ def test_fid_against_bpd_takes_the_families_that_have_both(sweep):
     assert points == {"classifier": [("vae", pytest.approx(2.6), 40.0), ("cvae", pytest.approx(2.9), 30.0)]}  # no GAN point: it has no bits/dim
 
 
+def test_report_traces_a_stage_outside_the_report_and_says_a_damaged_record(tmp_path):
+    """(The trace to a stage-1 job of the same report: tests/test_vqvae.py, on real runs.)"""
+    root = tmp_path / "sweep"
+    ckpt = tmp_path / "elsewhere" / "checkpoints" / "last.ckpt"
+    record = {"vqvae_ckpt": str(ckpt), "run_dir": str(ckpt.parent.parent), "sha256": "ab" * 32}
+    make_job(root, "0", ["seed=0"], metrics={**completed([3.0]), "stands_on": {"stage1": record}})
+    make_job(root, "1", ["seed=1"], metrics={**completed([3.1]), "stands_on": ["not", "a", "record"]})
+    rows = report_rows(root, tmp_path / "out")
+    assert rows[0]["stands on"] == f"stage1: run {ckpt.parent.parent}, last.ckpt sha256 {'ab' * 6} (the file is gone)"
+    assert rows[1]["stands on"] == "" and "stands_on is not a record per earlier stage" in rows[1]["error"]
+
+
 def test_report_on_a_partial_sweep(tmp_path, capsys):
     root = tmp_path / "sweep"
     (root).mkdir()
