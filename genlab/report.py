@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import stat
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -63,6 +65,9 @@ class Job:
     path: Optional[Path] = None  # the run directory (None for a job that never ran)
     #: one row per training epoch, validation and test: {"step": ..., "epoch": ..., metric: value}
     history: list[dict[str, float]] = field(default_factory=list)
+    #: the earlier runs a multi-stage model is built on (metrics.json's ``stands_on``): stage ->
+    #: {"run_dir", "vqvae_ckpt" or "ckpt", "sha256", ...}
+    stands_on: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def objective_value(self) -> Optional[float]:
@@ -165,6 +170,12 @@ def read_job(path: Path, sweep_dir: Path) -> Job:
         job.status = metrics.get("status", "running")
         job.final, job.best = metrics.get("final", {}), metrics.get("best", {})
         job.not_applicable = metrics.get("not_applicable", {})
+        stands_on = metrics.get("stands_on", {})
+        if isinstance(stands_on, dict) and all(isinstance(v, dict) for v in stands_on.values()):
+            job.stands_on = {str(stage): _checked_record(str(stage), record, problems)
+                             for stage, record in stands_on.items()}
+        else:
+            problems.append("metrics.json's stands_on is not a record per earlier stage")
         if job.status == "interrupted":
             job.error = f"interrupted by {metrics.get('signal', 'a signal')}; re-run the same command to resume it"
     elif (path / "metrics.json").exists():
@@ -335,21 +346,141 @@ def _cell(job: Job, values: dict[str, float], metric: str) -> Optional[float | s
     return "n/a" if _not_applicable(job, metric) else None
 
 
+_PATH_FIELDS = ("run_dir", "ckpt", "vqvae_ckpt")
+
+
+def _checked_record(stage: str, record: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """A ``stands_on`` record with its paths (strings without NUL) and SHA-256 (64 hex digits)
+    checked: a field that is neither is dropped, and said in ``problems`` (metrics.json is a file
+    people open: data, never trusted to be well formed)."""
+    checked = dict(record)
+    for key in (*_PATH_FIELDS, "sha256"):
+        value = record.get(key)
+        if value is None:
+            continue
+        ok = (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None if key == "sha256"
+              else isinstance(value, str) and value != "" and "\0" not in value)
+        if not ok:
+            del checked[key]
+            problems.append(f"metrics.json's stands_on.{stage}.{key} is not "
+                            + ("a SHA-256 (64 hex digits)" if key == "sha256" else "a path") + ": ignored")
+    return checked
+
+
+def _checkpoint_of(record: dict[str, Any]) -> Optional[str]:
+    path = record.get("ckpt", record.get("vqvae_ckpt"))
+    return path if isinstance(path, str) else None
+
+
+#: SHA-256 of the checkpoints traced, by (path, device, inode, size, mtime): a checkpoint many
+#: jobs stand on is read once per report (``write_report`` empties it)
+_HASHES: dict[tuple, str] = {}
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The SHA-256 of a regular file, reading at most the size it had when looked at: a FIFO, a
+    device or a /proc file (which says size 0) is never read to its end or waited on. Raises
+    OSError (``IsADirectoryError`` where it is not a regular file) when it cannot be hashed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO does not wait
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        key = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if key not in _HASHES:
+            digest, left = hashlib.sha256(), info.st_size
+            while left > 0:
+                block = os.read(fd, min(left, 1 << 20))
+                if not block:
+                    break
+                digest.update(block)
+                left -= len(block)
+            _HASHES[key] = digest.hexdigest()
+        return _HASHES[key]
+    finally:
+        os.close(fd)
+
+
+def _moved_run_dir(recorded: str, here: Path) -> Optional[Path]:
+    """Where a stage-1 run directory recorded at ``recorded`` (an absolute path that no longer
+    exists) is in a copied output tree: the longest tail of it, two folders at least (the run
+    and its parent), that is a run directory (holds ``.hydra``) under a folder above ``here``."""
+    parts = Path(recorded).parts
+    for start in range(1, len(parts) - 1):
+        tail = Path(*parts[start:])
+        for folder in here.parents:
+            if (folder / tail / ".hydra").is_dir():
+                return folder / tail
+    return None
+
+
+def _stage_trace(stage: str, record: dict[str, Any], here: Optional[Path], by_dir: dict[str, str]) -> str:
+    run_dir, ckpt, sha = record.get("run_dir"), _checkpoint_of(record), record.get("sha256")
+    found = Path(run_dir) if run_dir is not None else None
+    moved = None
+    if found is not None and not found.exists() and found.is_absolute() and here is not None:
+        moved = _moved_run_dir(run_dir, here)  # the output tree was copied (cluster -> laptop)
+        if moved is not None:
+            if ckpt is not None and Path(ckpt).is_relative_to(found):
+                ckpt = str(moved / Path(ckpt).relative_to(found))
+            found = moved
+    where = by_dir.get(str(found.resolve())) if found is not None else None
+    if where is not None:
+        text = f"{stage}: job {where}"
+    else:
+        text = f"{stage}: run {found if found is not None else '(not recorded)'}"
+        if moved is not None:
+            text += f" (recorded as {run_dir})"
+    if ckpt is not None:
+        text += f", {Path(ckpt).name}"
+        if sha is not None:
+            text += f" sha256 {sha[:12]}"
+            path = Path(ckpt)
+            if not path.exists():
+                text += " (the file is gone)"
+            else:
+                try:
+                    if checkpoint_sha256(path) != sha:
+                        text += " (the file there has changed since: not the one this run stands on)"
+                except OSError as err:
+                    text += f" (the file there cannot be read: {type(err).__name__}: {err.strerror or err})"
+    return text
+
+
+def trace(job: Job, jobs: Sequence[Job]) -> str:
+    """What ``job`` stands on, one stage at a time: the job of this report that wrote the
+    checkpoint (by its run directory, also where the output tree was copied elsewhere since:
+    ``_moved_run_dir``), else that directory; the checkpoint's file name and the first 12 hex
+    digits of its SHA-256, and whether the file there now still has them (only regular files
+    are read; one that cannot be is said)."""
+    by_dir = {str(other.path.resolve()): other.name for other in jobs if other.path is not None}
+    here = job.path.resolve() if job.path is not None else None
+    parts = []
+    for stage, record in job.stands_on.items():
+        try:
+            parts.append(_stage_trace(stage, record, here, by_dir))
+        except (OSError, ValueError, RuntimeError) as err:  # cannot be looked at (RuntimeError: a symlink loop)
+            parts.append(f"{stage}: cannot be traced ({type(err).__name__}: {err})")
+    return "; ".join(parts)
+
+
 def table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows: job, differing overrides, status, objective, metrics (final, and best
-    where it ever differs from final), error."""
+    where it ever differs from final), what a multi-stage run stands on (when one does), error."""
     keys = differing_overrides(jobs)
+    staged = any(job.stands_on for job in jobs)
     columns: list[tuple[str, str]] = []
     for metric in metrics:
         columns.append((metric, "final"))
         if any(job.best.get(metric) != job.final.get(metric) for job in jobs):
             columns.append((metric, "best"))
-    header = ["job", *keys, "status", "objective value", *(f"{m} ({kind})" for m, kind in columns), "error"]
+    header = ["job", *keys, "status", "objective value", *(f"{m} ({kind})" for m, kind in columns),
+              *["stands on"] * staged, "error"]
     rows = []
     for job in jobs:
         cells = [_cell(job, job.final if kind == "final" else job.best, m) for m, kind in columns]
         rows.append([job.name, *(job.overrides.get(key) for key in keys), job.status, job.objective_value,
-                     *cells, job.error])
+                     *cells, *[trace(job, jobs) or None] * staged, job.error])
     return header, rows
 
 
@@ -665,6 +796,7 @@ def write_report(paths: Path | Sequence[Path], out: Optional[Path] = None,
     if out is None and len(paths) > 1:
         raise NotASweep(f"{len(paths)} directories given and no --out: pass --out DIR, the folder for the report")
     jobs = read_runs(paths)
+    _HASHES.clear()  # a checkpoint is hashed once per report (and again by the next one)
     out = Path(out) if out is not None else paths[0]
     _check_dashboard_folder(out / "dashboard")
     out.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,8 @@ class StartPlan:
     previous: Optional[dict[str, Any]] = None
     #: metrics.json of the previous attempt (completed)
     metrics: Optional[dict[str, Any]] = None
-    #: the model of an explicit ``ckpt_path=``: its weights must fit the model this run builds
+    #: the model of an explicit ``ckpt_path=`` or of the checkpoint resumed: its weights must fit
+    #: the model this run builds
     stored: Optional[StoredModel] = None
 
 
@@ -85,8 +86,8 @@ def plan_start(output_dir: Path, cfg: DictConfig) -> StartPlan:
         return StartPlan("completed", previous=previous, metrics=metrics)
     remove_temporary_files(output_dir)
     checkpoint = resume_checkpoint(output_dir / "checkpoints")
-    if checkpoint is not None:
-        return StartPlan("resume", ckpt_path=str(checkpoint), previous=previous)
+    if checkpoint is not None:  # written by an older genlab, its weights may no longer fit: checked before fit
+        return StartPlan("resume", ckpt_path=str(checkpoint), previous=previous, stored=_stored_model(checkpoint))
     log.warning(
         "the run directory %s holds an unfinished run (status %s) without a checkpoint to resume "
         "from: starting it over from step 0", output_dir, metrics.get("status", "unknown"))
@@ -115,6 +116,16 @@ def _training_step(path: Path) -> tuple[Optional[int], str]:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("global_step"), int):
         return None, "it holds no training state"
     return checkpoint["global_step"], ""
+
+
+def _stored_model(path: Path) -> Optional[StoredModel]:
+    """What the checkpoint a run resumes from says about its model (None where it is not
+    genlab's: Lightning then loads it as it is). Memory-mapped: the tensors are not read."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict) \
+            and isinstance(checkpoint.get("genlab"), dict):
+        return StoredModel.of(checkpoint, f"the run's checkpoint {path}")
+    return None
 
 
 def resume_checkpoint(folder: Path) -> Optional[Path]:

@@ -107,7 +107,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     datamodule = instantiate(cfg.dataset, "dataset")
     datamodule.check()
     model = instantiate(cfg.model, "model")
-    if plan.stored is not None:  # ckpt_path=: weights of another size are refused before fit
+    if plan.stored is not None:  # ckpt_path= or resume: weights of another size are refused before fit
         plan.stored.check_fits(model, cfg.model)
     model.check_trainer(cfg.trainer)
     if cfg.get("init_from") and plan.action == "new":  # a resumed run has its own weights

@@ -1,4 +1,5 @@
-"""Every shipped ``*_digits`` experiment does what it promises: trained at a small size, it reaches
+"""Every shipped ``*_digits`` experiment with a floor (those without one, and where they are
+measured instead: ``WITHOUT_A_FLOOR``) does what it promises: trained at a small size, it reaches
 a stated FID and bits/dim, and its samples are digits to an independent classifier (the share of
 class-k samples called k for conditional models, the mean confidence otherwise).
 
@@ -25,20 +26,24 @@ def classifier() -> IndependentClassifier:
 
 #: digits experiments added after the floors were set (issues 14 and 15), not yet given one: each
 #: floor is a training run of 20-90 s in this suite, which its 15 minutes no longer hold. What they
-#: reach is measured in bench/ instead.
+#: reach is measured in bench/ instead. (The VQ-VAE's two stages: a floor for the prior needs a
+#: trained stage 1 first, two runs; hvae_digits has its floor, pixelrnn_digits only for the Row LSTM.)
 WITHOUT_A_FLOOR = {
+    # a floor on a variant (a case with ``extra`` overrides) does not cover the experiment as shipped
+    "pixelrnn_digits": "as shipped (diagonal_bilstm): bench/quality.md, too slow for the suite; "
+                       "the Row LSTM variant has a floor (pixelrnn_digits_row)",
     "stylegan_digits": "bench/stylegan.md: does not yet draw digits within a CPU budget",
-    "pixelrnn_digits": "bench/families.md",
-    "hvae_digits": "bench/families.md",
     "vqvae_digits": "bench/families.md",
     "vqvae_prior_digits": "bench/families.md (needs a stage-1 checkpoint)",
 }
 
 
 def test_every_digits_experiment_has_a_floor_or_says_why_not():
-    with_floor = {case.experiment for case in CASES.values()}
+    """As shipped: a case that changes the experiment (``extra``) floors that variant only."""
+    with_floor = {case.experiment for case in CASES.values() if not case.extra}
     assert not with_floor & set(WITHOUT_A_FLOOR)
     assert sorted(with_floor | set(WITHOUT_A_FLOOR)) == DIGITS_EXPERIMENTS
+    assert {case.experiment for case in CASES.values()} <= set(DIGITS_EXPERIMENTS)
 
 
 def test_the_independent_classifier_knows_digits_from_noise(classifier):

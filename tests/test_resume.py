@@ -353,6 +353,26 @@ def test_resuming_with_another_config_is_refused(tmp_path, capsys):
     assert not (tmp_path / "FAILED.json").exists()
 
 
+def test_resuming_from_a_checkpoint_whose_weights_no_longer_fit_is_refused_naming_it(tmp_path, capsys):
+    """A run killed under an older genlab whose model has since gained a weight (as the Diagonal
+    BiLSTM's image path did): one line naming the checkpoint, before fit; the checkpoint is kept."""
+    overrides = ["logger=none", "trainer.max_epochs=1", "callbacks=minimal", "trainer.limit_train_batches=2", "test=false"]
+    train(compose_cfg(overrides=overrides, output_dir=tmp_path))
+    (tmp_path / "metrics.json").write_text('{"status": "running"}')  # as if it had been killed
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    dropped = sorted(checkpoint["state_dict"])[0]
+    del checkpoint["state_dict"][dropped]  # what the older version did not have
+    torch.save(checkpoint, last)
+    before = last.read_bytes()
+    with pytest.raises(SystemExit):
+        entry_point(train, TRAIN_SECTIONS)(compose_cfg(overrides=overrides, output_dir=tmp_path))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"genlab: error: the run's checkpoint {last} holds"), err
+    assert f"{dropped}: only here" in err[0]
+    assert last.read_bytes() == before  # (the attempt is recorded as failed, with that line)
+
+
 def test_an_explicit_ckpt_path_never_writes_into_a_run(tmp_path):
     (tmp_path / "metrics.json").write_text('{"status": "running"}')
     cfg = compose_cfg(overrides=["logger=none", f"ckpt_path={tmp_path / 'x.ckpt'}"], output_dir=tmp_path)

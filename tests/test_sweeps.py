@@ -225,6 +225,80 @@ def test_fid_against_bpd_takes_the_families_that_have_both(sweep):
     assert points == {"classifier": [("vae", pytest.approx(2.6), 40.0), ("cvae", pytest.approx(2.9), 30.0)]}  # no GAN point: it has no bits/dim
 
 
+def test_report_traces_a_stage_outside_the_report_and_says_a_damaged_record(tmp_path):
+    """(The trace to a stage-1 job of the same report: tests/test_vqvae.py, on real runs.)"""
+    root = tmp_path / "sweep"
+    ckpt = tmp_path / "elsewhere" / "checkpoints" / "last.ckpt"
+    record = {"vqvae_ckpt": str(ckpt), "run_dir": str(ckpt.parent.parent), "sha256": "ab" * 32}
+    make_job(root, "0", ["seed=0"], metrics={**completed([3.0]), "stands_on": {"stage1": record}})
+    make_job(root, "1", ["seed=1"], metrics={**completed([3.1]), "stands_on": ["not", "a", "record"]})
+    rows = report_rows(root, tmp_path / "out")
+    assert rows[0]["stands on"] == f"stage1: run {ckpt.parent.parent}, last.ckpt sha256 {'ab' * 6} (the file is gone)"
+    assert rows[1]["stands on"] == "" and "stands_on is not a record per earlier stage" in rows[1]["error"]
+
+
+def test_report_names_a_damaged_stands_on_field_and_never_waits_on_a_file_that_is_not_a_checkpoint(tmp_path):
+    """metrics.json is data: a NUL byte in a path or a malformed hash is said, not a crash; a FIFO
+    (opening or reading one would wait forever) or a /proc file is never read to its end."""
+    import hashlib
+
+    import genlab.report as report
+
+    root = tmp_path / "sweep"
+    fifo = tmp_path / "fifo.ckpt"
+    os.mkfifo(fifo)
+    records = {
+        "0": {"vqvae_ckpt": str(tmp_path / "x.ckpt"), "run_dir": "/a\0b", "sha256": "not hex"},
+        "1": {"vqvae_ckpt": str(fifo), "run_dir": str(tmp_path), "sha256": "ab" * 32},
+        "2": {"ckpt": "/proc/self/status", "run_dir": "/proc/self", "sha256": "ab" * 32},  # says size 0
+        "3": {"ckpt": 7, "run_dir": ["x"]},
+    }
+    for name, record in records.items():
+        make_job(root, name, [f"seed={name}"], metrics={**completed([3.0]), "stands_on": {"stage1": record}})
+    rows = report_rows(root, tmp_path / "out")
+    assert rows[0]["stands on"] == "stage1: run (not recorded), x.ckpt"
+    assert "stands_on.stage1.run_dir is not a path: ignored" in rows[0]["error"]
+    assert "stands_on.stage1.sha256 is not a SHA-256 (64 hex digits): ignored" in rows[0]["error"]
+    assert rows[1]["stands on"].endswith("(the file there cannot be read: IsADirectoryError: "
+                                         f"{fifo} is not a regular file)")
+    assert rows[2]["stands on"].endswith("(the file there has changed since: not the one this run stands on)")
+    assert report.checkpoint_sha256(Path("/proc/self/status")) == hashlib.sha256(b"").hexdigest()  # none of it read
+    assert rows[3]["stands on"] == "stage1: run (not recorded)"
+    assert "stands_on.stage1.ckpt is not a path" in rows[3]["error"] and "stands_on.stage1.run_dir" in rows[3]["error"]
+
+
+def test_report_follows_a_copied_output_tree_and_hashes_a_shared_checkpoint_once(tmp_path):
+    """Reports are often made on a copy (cluster -> laptop): the stage-1 run recorded at the old
+    absolute path is found where the tree now is; five jobs on one checkpoint read it once."""
+    import shutil
+
+    import genlab.report as report
+    from genlab.utils import file_sha256
+
+    old = tmp_path / "cluster" / "sweep"
+    vq = make_job(old, "vq", ["seed=0"], metrics=completed([3.0]))
+    ckpt = vq / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(os.urandom(3000))
+    record = {"vqvae_ckpt": str(ckpt), "run_dir": str(vq), "sha256": file_sha256(ckpt)}
+    for i in range(5):
+        make_job(old, f"prior{i}", [f"seed={i + 1}"], metrics={**completed([2.0]), "stands_on": {"stage1": record}})
+    new = tmp_path / "laptop" / "sweep"
+    shutil.copytree(old, new)
+    shutil.rmtree(tmp_path / "cluster")
+    report._HASHES.clear()
+    rows = report_rows(new, tmp_path / "out")
+    expected = f"stage1: job vq, last.ckpt sha256 {record['sha256'][:12]}"
+    assert [row["stands on"] for row in rows if row["job"].startswith("prior")] == [expected] * 5
+    assert [key[0] for key in report._HASHES] == [str(new / "vq" / "checkpoints" / "last.ckpt")]
+    # the copy of the checkpoint is the one checked: changed there, it is said
+    (new / "vq" / "checkpoints" / "last.ckpt").write_bytes(b"other weights")
+    assert report_rows(new, tmp_path / "out2")[1]["stands on"].endswith("(the file there has changed since: not the one this run stands on)")
+    # a run directory that is not in the copy is not guessed from a shorter tail of its path
+    shutil.rmtree(new / "vq")
+    assert report_rows(new, tmp_path / "out3")[0]["stands on"] == f"stage1: run {vq}, last.ckpt sha256 {record['sha256'][:12]} (the file is gone)"
+
+
 def test_report_on_a_partial_sweep(tmp_path, capsys):
     root = tmp_path / "sweep"
     (root).mkdir()

@@ -161,29 +161,45 @@ def test_the_prior_is_causal_over_the_code_map_and_its_samples_decode_to_the_dat
     assert bits.shape == (4,) and torch.isfinite(bits).all()
 
 
+def _genlab_train(args: list[str]) -> None:
+    """``genlab-train ARGS`` in this process (Hydra writes the run's .hydra/ as on the command line)."""
+    import sys
+
+    from genlab.train import main
+
+    argv, sys.argv = sys.argv, ["genlab-train", *args]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+
+
 @pytest.mark.slow
 def test_both_stages_train_on_digits_are_scored_and_sample_and_the_prior_records_its_stage1(tmp_path):
+    import csv
     import json
+    import shutil
 
     import numpy as np
 
     from conftest import compose_cfg
+    from genlab.report import main as report_main
     from genlab.sample import sample
-    from genlab.train import train
 
     fast = ["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "callbacks.bpd.max_examples=64",
             "callbacks.samples.n=4", "callbacks.fid.num_samples=64", "callbacks.fid.chunk_size=64", "logger=none"]
     stage1 = tmp_path / "vq"
-    train(compose_cfg(overrides=["experiment=vqvae_digits", *VQ_TINY, *fast], output_dir=stage1))
+    _genlab_train(["experiment=vqvae_digits", *VQ_TINY, *fast, f"hydra.run.dir={stage1}"])
     first = json.loads((stage1 / "metrics.json").read_text())["final"]
     assert first["test/bpd"] < 8.0 and 1.0 <= first["test/perplexity"] <= 8.0
     ckpt = stage1 / "checkpoints" / "last.ckpt"
     stage2 = tmp_path / "prior"
-    train(compose_cfg(overrides=["experiment=vqvae_prior_digits", f"model.vqvae_ckpt={ckpt}", "model.dim=16",
-                                 "model.depth=1", "model.heads=2", *fast], output_dir=stage2))
+    _genlab_train(["experiment=vqvae_prior_digits", f"model.vqvae_ckpt={ckpt}", "model.dim=16", "model.depth=1",
+                   "model.heads=2", *fast, f"hydra.run.dir={stage2}"])
     metrics = json.loads((stage2 / "metrics.json").read_text())
-    assert metrics["stands_on"]["stage1"]["run_dir"] == str(stage1)
-    assert metrics["stands_on"]["stage1"]["vqvae_ckpt"] == str(ckpt.resolve())
+    recorded = metrics["stands_on"]["stage1"]
+    assert recorded["run_dir"] == str(stage1.resolve())
+    assert recorded["vqvae_ckpt"] == str(ckpt.resolve())
     # the learned prior's bound is below stage 1's uniform-prior bound (the same decoder term)
     assert metrics["final"]["test/bpd"] < first["test/bpd"]
     assert np.isfinite(metrics["final"]["test/fid_classifier"])
@@ -191,3 +207,17 @@ def test_both_stages_train_on_digits_are_scored_and_sample_and_the_prior_records
                        output_dir=tmp_path / "s"))
     images = np.load(tmp_path / "s" / "samples.npz")["images"]
     assert images.shape == (4, 1, 8, 8) and images.dtype == np.uint8
+
+    # genlab-report traces the prior to the stage-1 run it stands on, and says when that
+    # checkpoint is no longer the one it was trained on
+    def stands_on() -> dict[str, str]:
+        assert report_main([str(stage1), str(stage2), "--out", str(tmp_path / "report")]) == 0
+        with (tmp_path / "report" / "report.csv").open() as f:
+            return {row["job"]: row["stands on"] for row in csv.DictReader(f)}
+
+    traced = f"stage1: job vq, last.ckpt sha256 {recorded['sha256'][:12]}"
+    assert stands_on() == {"vq": "", "prior": traced}
+    assert traced in (tmp_path / "report" / "report.md").read_text()
+    assert traced in (tmp_path / "report" / "dashboard" / "index.html").read_text()
+    shutil.copy(stage2 / "checkpoints" / "last.ckpt", ckpt)  # another file where stage 1's was
+    assert stands_on()["prior"] == f"{traced} (the file there has changed since: not the one this run stands on)"

@@ -57,12 +57,20 @@ class PixelRNN(AutoregressiveModel):
         self.variant = variant
         self.input_conv = MaskedConv2d(c, channels, first_kernel_size, "A", c)
         self.class_bias = nn.Embedding(num_classes, channels) if self.conditional else None
-        self.layers = nn.Sequential(*[VARIANTS[variant](channels, hidden, c) for _ in range(layers)])
+        layer = VARIANTS[variant]
+        # the first Diagonal BiLSTM layer's right-to-left gates also see the image itself (all of
+        # the current pixel: that direction's output is shifted down a row), so that the receptive
+        # field is the whole causal context (genlab.nets.pixelrnn)
+        first = layer(channels, hidden, c, pixel_channels=c) if layer is DiagonalBiLSTMLayer else layer(channels, hidden, c)
+        self.layers = nn.Sequential(first, *[layer(channels, hidden, c) for _ in range(layers - 1)])
         self.head = OutputHead(channels, head_channels, c)
 
     def logits_from_embedded(self, h: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        pixels = h
         h = self.input_conv(h)
         labels = self.class_labels(y)
         if labels is not None:
             h = h + self.class_bias(labels)[:, :, None, None]
-        return self.head(self.layers(h))
+        first, rest = self.layers[0], self.layers[1:]
+        h = first(h, pixels) if isinstance(first, DiagonalBiLSTMLayer) else first(h)
+        return self.head(rest(h))

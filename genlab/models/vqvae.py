@@ -18,7 +18,6 @@ Both serve ``sampler=codes`` through ``sample_codes`` and ``decode_codes``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
@@ -35,6 +34,7 @@ from genlab.models.base import LOG2, GenerativeModel
 from genlab.nets.hvae import ResidualCell
 from genlab.nets.likelihoods import PIXEL_LIKELIHOODS, to_unit_range
 from genlab.nets.vq import EMAQuantizer
+from genlab.utils import file_sha256
 
 
 class VQVAE(GenerativeModel):
@@ -138,14 +138,6 @@ class VQVAE(GenerativeModel):
         return recon + self.codes_bits()
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class VQVAEPrior(GenerativeModel):
     family = "vqvae"
     likelihood = "bound"
@@ -204,7 +196,7 @@ class VQVAEPrior(GenerativeModel):
         record = {
             "vqvae_ckpt": str(path),
             "run_dir": str(path.parent.parent) if path.parent.name == "checkpoints" else str(path.parent),
-            "sha256": _file_digest(path),
+            "sha256": file_sha256(path),
             "dataset": their_data,
             "metrics": checkpoint["genlab"].get("metrics", {}).get("final", {}),
         }

@@ -11,11 +11,19 @@ image channels <= g); the state-to-state path carries the states of earlier pixe
 - ``DiagonalBiLSTMLayer``: the map is skewed (row i shifted right by i) so that each column of
   the skewed map is a diagonal; a 2 x 1 state-to-state convolution over the previous column
   reaches the pixel to the left and the one above. The right-to-left direction runs on the
-  mirrored map and its output is shifted down one row, so it carries rows above only. Together
-  they cover the whole context.
+  mirrored map and its output is shifted down one row, so it carries rows above only. Because of
+  that shift its input at (r, c) may hold all of pixel (r, c), every channel (every pixel of row
+  r precedes every pixel of row r+1): the first layer (``pixel_channels``) adds a 1 x 1
+  convolution of the image itself to the right-to-left gates. Without it no feature of row i-1
+  would hold the last sub-pixel of that row (a masked feature at (r, c) holds only what precedes
+  (r, c)), and pixels left of where the mask-A input convolution reaches would never see it. With
+  it the receptive field is the whole causal context, at any depth and input kernel size, as the
+  paper states (sec. 3.2), and causality stays exact (``tests/test_pixelrnn.py``).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -104,17 +112,26 @@ class DiagonalLSTM(nn.Module):
 
 
 class DiagonalBiLSTMLayer(nn.Module):
-    """One Diagonal BiLSTM layer with a residual connection: [B, C, H, W] -> [B, C, H, W]."""
+    """One Diagonal BiLSTM layer with a residual connection: [B, C, H, W] -> [B, C, H, W].
 
-    def __init__(self, channels: int, hidden: int, colours: int) -> None:
+    ``pixel_channels`` > 0 (the first layer): ``forward`` also takes the image [B, pixel_channels,
+    H, W], all of which the right-to-left gates see at the pixel itself (its output is shifted
+    down a row, so only later rows receive it)."""
+
+    def __init__(self, channels: int, hidden: int, colours: int, pixel_channels: int = 0) -> None:
         super().__init__()
         self.input_to_state = _gate_conv(channels, hidden, 1, colours, "full", lstms=2)
+        self.pixels_to_backward = nn.Conv2d(pixel_channels, 4 * hidden, 1, bias=False) if pixel_channels else None
         self.forward_lstm = DiagonalLSTM(hidden)
         self.backward_lstm = DiagonalLSTM(hidden)
         self.out = _residual_out(hidden, channels, colours)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pixels: Optional[Tensor] = None) -> Tensor:
         gates_fwd, gates_bwd = self.input_to_state(x).chunk(2, dim=1)  # 1x1: the skew comes after
+        if self.pixels_to_backward is not None:
+            if pixels is None:
+                raise ValueError("this DiagonalBiLSTMLayer was built with pixel_channels: pass the image as pixels")
+            gates_bwd = gates_bwd + self.pixels_to_backward(pixels)  # unmasked: used one row down only
         left_to_right = self.forward_lstm(gates_fwd)
         right_to_left = self.backward_lstm(gates_bwd.flip(3)).flip(3)
         return x + self.out(left_to_right + shift_down(right_to_left))
