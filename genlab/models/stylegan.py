@@ -158,8 +158,10 @@ class StyleGAN(AdversarialModel):
         return self.generator.broadcast(w)
 
     def _fake(self, n: int, y: Optional[Tensor], keep_graph: bool) -> Tensor:
-        fake = self.generator.synthesis(self._ws(n))
-        return fake if keep_graph else fake.detach()
+        if keep_graph:
+            return self.generator.synthesis(self._ws(n))
+        with torch.no_grad():  # D's step: no graph through G to build and throw away
+            return self.generator.synthesis(self._ws(n))
 
     def _r1(self, real: Tensor) -> Optional[Tensor]:
         # in full precision: under fp16 autocast the input gradients can underflow
@@ -198,13 +200,14 @@ class StyleGAN(AdversarialModel):
         self.manual_backward(d_loss + r1 if r1 is not None else d_loss)
         self._uncounted_step(opt_d)
 
-        g_loss = self.g_loss_fn(self._discriminate(self.augment(self._fake(x.shape[0], None, True)), None))
-        g_terms = {"g_loss": g_loss}
-        pl = self._path_length(x.shape[0])
-        if pl is not None:
-            g_terms["pl"] = pl
-        self.check_finite(**g_terms)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss + pl if pl is not None else g_loss)
+        with self._frozen_discriminator():
+            g_loss = self.g_loss_fn(self._discriminate(self.augment(self._fake(x.shape[0], None, True)), None))
+            g_terms = {"g_loss": g_loss}
+            pl = self._path_length(x.shape[0])
+            if pl is not None:
+                g_terms["pl"] = pl
+            self.check_finite(**g_terms)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss + pl if pl is not None else g_loss)
         opt_g.step()
         self._log_train({**terms, **g_terms, "d_real": d_real.mean(), "d_fake": d_fake.mean()}, x.shape[0])
