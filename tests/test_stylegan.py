@@ -207,6 +207,20 @@ def test_stylegan_trains_both_networks_under_bf16():
     assert model.pl_mean > 0  # the path-length regulariser ran
 
 
+def test_the_discriminator_judges_generated_images_in_the_data_range_with_gradients_passed_through():
+    """Samples are clamped to [-1, 1] (to_uint8), real images never leave it; the synthesis ends
+    in an unbounded linear sum. D judged the raw output, so it could tell fakes by values no
+    sample has (digits and MNIST are mostly exactly -1). Now it sees the clamped images, and G
+    still gets the gradient (straight through the clamp)."""
+    torch.manual_seed(0)
+    model = StyleGAN((1, 8, 8), r1_gamma=0.0, **TINY)
+    model.generator.synthesis.to_images[-1].bias.data.fill_(3.0)  # every raw pixel far above 1
+    spy = _fit(model, batches=2)
+    assert len(spy.batches) == 6 and all(float(b.abs().max()) <= 1.0 for b in spy.batches)
+    assert sum(float((b == 1.0).float().mean()) for b in spy.batches[1::3]) > 0  # D(fake) inputs: clamped
+    assert float(model.generator.synthesis.to_images[-1].bias) != 3.0  # G's step reached past the clamp
+
+
 def test_the_generator_step_computes_no_discriminator_weight_gradients():
     """G's loss reaches G through D, but D's weights are not G's to step: StyleGAN2 skips their
     gradients (a third of a step's backward work) and builds no graph through G for D's step.

@@ -48,6 +48,15 @@ def lazy_r1(discriminate: Callable[[Tensor], Tensor], real: Tensor, gamma: float
     return 0.5 * gamma * every * r1_penalty(discriminate, real)
 
 
+def in_data_range(images: Tensor) -> Tensor:
+    """The generator's images as the discriminator judges them: clamped to [-1, 1], as every
+    sample is (``to_uint8``), with the gradient passed straight through. The synthesis ends in
+    a linear toRGB sum, unbounded; real images never leave [-1, 1], and on digits and MNIST most
+    pixels sit exactly at -1, so a discriminator of the raw output tells fakes by values no
+    sample has (a background at -1.3 is black in every sample)."""
+    return images + (images.clamp(-1.0, 1.0) - images).detach()
+
+
 def mix_styles(w_a: Tensor, w_b: Tensor, layer: int, num_ws: int) -> Tensor:
     """ws [B, num_ws, w_dim]: w_a for the layers before ``layer``, w_b from ``layer`` on."""
     ws = w_a.unsqueeze(1).repeat(1, num_ws, 1)
@@ -159,9 +168,9 @@ class StyleGAN(AdversarialModel):
 
     def _fake(self, n: int, y: Optional[Tensor], keep_graph: bool) -> Tensor:
         if keep_graph:
-            return self.generator.synthesis(self._ws(n))
+            return in_data_range(self.generator.synthesis(self._ws(n)))
         with torch.no_grad():  # D's step: no graph through G to build and throw away
-            return self.generator.synthesis(self._ws(n))
+            return in_data_range(self.generator.synthesis(self._ws(n)))
 
     def _r1(self, real: Tensor) -> Optional[Tensor]:
         # in full precision: under fp16 autocast the input gradients can underflow
