@@ -207,18 +207,23 @@ def test_stylegan_trains_both_networks_under_bf16():
     assert model.pl_mean > 0  # the path-length regulariser ran
 
 
-def test_the_discriminator_judges_generated_images_in_the_data_range_with_gradients_passed_through():
-    """Samples are clamped to [-1, 1] (to_uint8), real images never leave it; the synthesis ends
-    in an unbounded linear sum. D judged the raw output, so it could tell fakes by values no
-    sample has (digits and MNIST are mostly exactly -1). Now it sees the clamped images, and G
-    still gets the gradient (straight through the clamp)."""
+def test_the_discriminator_judges_what_is_sampled_in_the_data_range():
+    """Samples are in [-1, 1] and real images never leave it; the synthesis ends in an unbounded
+    linear sum. D judged that raw output, so it could tell fakes by values no sample has (digits
+    and MNIST are mostly exactly -1). Now the generator's images are tanh of the sum, for D and
+    for sampling alike, and G still gets a gradient where its raw output is far out of range."""
+    from genlab.models.stylegan import in_data_range
+
     torch.manual_seed(0)
-    model = StyleGAN((1, 8, 8), r1_gamma=0.0, **TINY)
-    model.generator.synthesis.to_images[-1].bias.data.fill_(3.0)  # every raw pixel far above 1
+    model = StyleGAN((1, 8, 8), r1_gamma=0.0, sample_noise="none", **TINY)
+    model.generator.synthesis.to_images[-1].bias.data.fill_(6.0)  # every raw pixel far above 1
+    w = model.map_latents(model.prior_latents(4))
+    raw = model.generator.synthesis(model.generator.broadcast(w), "none")
+    assert float(raw.min()) > 1.0
+    assert torch.equal(model.synthesise(w), in_data_range(raw).float())  # what is sampled
     spy = _fit(model, batches=2)
-    assert len(spy.batches) == 6 and all(float(b.abs().max()) <= 1.0 for b in spy.batches)
-    assert sum(float((b == 1.0).float().mean()) for b in spy.batches[1::3]) > 0  # D(fake) inputs: clamped
-    assert float(model.generator.synthesis.to_images[-1].bias) != 3.0  # G's step reached past the clamp
+    assert len(spy.batches) == 6 and all(float(b.abs().max()) <= 1.0 for b in spy.batches)  # what D judged
+    assert float(model.generator.synthesis.to_images[-1].bias) != 6.0  # G's step reached past the saturation
 
 
 def test_the_generator_step_computes_no_discriminator_weight_gradients():

@@ -49,12 +49,16 @@ def lazy_r1(discriminate: Callable[[Tensor], Tensor], real: Tensor, gamma: float
 
 
 def in_data_range(images: Tensor) -> Tensor:
-    """The generator's images as the discriminator judges them: clamped to [-1, 1], as every
-    sample is (``to_uint8``), with the gradient passed straight through. The synthesis ends in
-    a linear toRGB sum, unbounded; real images never leave [-1, 1], and on digits and MNIST most
-    pixels sit exactly at -1, so a discriminator of the raw output tells fakes by values no
-    sample has (a background at -1.3 is black in every sample)."""
-    return images + (images.clamp(-1.0, 1.0) - images).detach()
+    """The synthesis's output, an unbounded linear sum of toRGB outputs, mapped into the data
+    range [-1, 1] by tanh: what the discriminator judges and what is sampled alike.
+
+    Raw, D judged values no sample has: samples are clamped (``to_uint8``), real images never
+    leave [-1, 1], and digits and MNIST are mostly exactly -1, so a background at -1.3 told fakes
+    (the trained digits generator's raw outputs spanned -3.9 ... 2.2). A clamp with the gradient
+    passed straight through let the raw output drift far out of range (binary samples; steps
+    that no longer change the clamped pixels), and D still won on MNIST; with tanh it did not
+    (bench/stylegan.md)."""
+    return torch.tanh(images)
 
 
 def mix_styles(w_a: Tensor, w_b: Tensor, layer: int, num_ws: int) -> Tensor:
@@ -135,7 +139,7 @@ class StyleGAN(AdversarialModel):
         """Images in [-1, 1] (float32) for styles w [n, w_dim] (one per image) or ws [n, num_ws,
         w_dim] (one per layer, see ``mix_styles``); noise as ``model.sample_noise`` says."""
         ws = self.generator.broadcast(w.to(self.generator.synthesis.const.dtype))
-        return self.generator.synthesis(ws, self.sample_noise).float()
+        return in_data_range(self.generator.synthesis(ws, self.sample_noise)).float()
 
     def mix_styles(self, w_a: Tensor, w_b: Tensor, layer: int) -> Tensor:
         """ws that take w_a for layers 0..layer-1 and w_b from ``layer`` on (coarse layers
@@ -185,7 +189,7 @@ class StyleGAN(AdversarialModel):
             return None
         with torch.autocast(self.device.type, enabled=False):
             ws = self._ws(max(1, n // 2))
-            images = self.generator.synthesis(ws).float()
+            images = in_data_range(self.generator.synthesis(ws)).float()
             y = torch.randn_like(images) / (images.shape[2] * images.shape[3]) ** 0.5
             (grad,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
             lengths = grad.square().sum(2).mean(1).sqrt()
