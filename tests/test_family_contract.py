@@ -45,6 +45,8 @@ FAMILIES = {
     "realnvp": ["model=realnvp", "model.hidden=8", "model.steps=2", "model.blocks=1"],
     "glow": ["model=glow", "model.hidden=8", "model.steps=2"],
     "dcgan": ["model=dcgan", "model.latent_dim=8", "model.g_width=8", "model.d_width=8"],
+    "stylegan": ["model=stylegan", "model.latent_dim=8", "model.w_dim=8", "model.g_width=8", "model.d_width=8",
+                 "model.max_width=16"],
     "vqvae": ["model=vqvae", "model.channels=8", "model.latent_dim=4", "model.codebook_size=8", "model.res_blocks=1"],
     "vqvae_prior": ["model=vqvae_prior", "model.vqvae_ckpt={stage1}", "model.dim=16", "model.depth=1", "model.heads=2"],
 }

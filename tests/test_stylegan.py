@@ -143,6 +143,18 @@ def test_diffaugment_is_differentiable(name):
     assert not torch.equal(diff_augment(x, [name]), x)  # it does change the images
 
 
+def test_diffaugment_brightness_is_diffaugments_own():
+    """DiffAugment (Zhao et al., 2020) shifts brightness by U[-0.5, 0.5) on images in [-1, 1],
+    the range genlab's GANs use (it was doubled to +-1, half the whole range). On constant grey
+    images saturation and contrast change nothing, so colour is the shift alone."""
+    x = torch.zeros(4000, 1, 4, 4)
+    torch.manual_seed(0)
+    shift = diff_augment(x, ["color"])[:, 0, 0, 0]
+    assert float(diff_augment(x[:8] + 0.3, ["color"]).flatten(1).std(1).max()) < 1e-6  # still constant
+    assert -0.5 <= float(shift.min()) < -0.49 and 0.49 < float(shift.max()) < 0.5
+    assert abs(float(shift.mean())) < 0.02
+
+
 class DInputs(pl.Callback):
     def __init__(self) -> None:
         self.batches: list[torch.Tensor] = []
@@ -193,6 +205,39 @@ def test_stylegan_trains_both_networks_under_bf16():
         assert changed, prefix
         assert all(torch.isfinite(v).all() for k, v in model.state_dict().items())
     assert model.pl_mean > 0  # the path-length regulariser ran
+
+
+def test_the_discriminator_judges_what_is_sampled_in_the_data_range():
+    """Samples are in [-1, 1] and real images never leave it; the synthesis ends in an unbounded
+    linear sum. D judged that raw output, so it could tell fakes by values no sample has (digits
+    and MNIST are mostly exactly -1). Now the generator's images are tanh of the sum, for D and
+    for sampling alike, and G still gets a gradient where its raw output is far out of range."""
+    from genlab.models.stylegan import in_data_range
+
+    torch.manual_seed(0)
+    model = StyleGAN((1, 8, 8), r1_gamma=0.0, sample_noise="none", **TINY)
+    model.generator.synthesis.to_images[-1].bias.data.fill_(6.0)  # every raw pixel far above 1
+    w = model.map_latents(model.prior_latents(4))
+    raw = model.generator.synthesis(model.generator.broadcast(w), "none")
+    assert float(raw.min()) > 1.0
+    assert torch.equal(model.synthesise(w), in_data_range(raw).float())  # what is sampled
+    spy = _fit(model, batches=2)
+    assert len(spy.batches) == 6 and all(float(b.abs().max()) <= 1.0 for b in spy.batches)  # what D judged
+    assert float(model.generator.synthesis.to_images[-1].bias) != 6.0  # G's step reached past the saturation
+
+
+def test_the_generator_step_computes_no_discriminator_weight_gradients():
+    """G's loss reaches G through D, but D's weights are not G's to step: StyleGAN2 skips their
+    gradients (a third of a step's backward work) and builds no graph through G for D's step.
+    Counted by hooks: D's weight gradient once per step (its own step; R1 off), G's once."""
+    torch.manual_seed(0)
+    model = StyleGAN((1, 8, 8), r1_gamma=0.0, **TINY)
+    counts = {"d": 0, "g": 0}
+    model.discriminator.out.weight.register_hook(lambda g: counts.__setitem__("d", counts["d"] + 1))
+    model.generator.synthesis.const.register_hook(lambda g: counts.__setitem__("g", counts["g"] + 1))
+    _fit(model, batches=3)
+    assert counts == {"d": 3, "g": 3}
+    assert all(p.requires_grad for p in model.discriminator.parameters())  # unfrozen after G's step
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -28,7 +28,8 @@ There is no likelihood: bits/dim is not applicable and FID is the metric.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +203,20 @@ class AdversarialModel(GenerativeModel):
         # keeps the generator in its graph (its gradients are thrown away before the G step).
         model = self.trainer.model if self._trainer is not None else None
         return isinstance(model, DistributedDataParallel) and not model.find_unused_parameters
+
+    @contextmanager
+    def _frozen_discriminator(self) -> Iterator[None]:
+        """For G's step: D's weights need no gradients there (G's gradient only passes through
+        D to the images), so their computation is skipped, as StyleGAN2 does. Not under DDP,
+        whose reducer expects a gradient for every parameter in each backward."""
+        if self._ddp_needs_every_parameter():
+            yield
+            return
+        self.discriminator.requires_grad_(False)
+        try:
+            yield
+        finally:
+            self.discriminator.requires_grad_(True)
 
     def _uncounted_step(self, optimizer: LightningOptimizer) -> None:
         """``optimizer.step()`` without adding to Lightning's step count.

@@ -48,6 +48,19 @@ def lazy_r1(discriminate: Callable[[Tensor], Tensor], real: Tensor, gamma: float
     return 0.5 * gamma * every * r1_penalty(discriminate, real)
 
 
+def in_data_range(images: Tensor) -> Tensor:
+    """The synthesis's output, an unbounded linear sum of toRGB outputs, mapped into the data
+    range [-1, 1] by tanh: what the discriminator judges and what is sampled alike.
+
+    Raw, D judged values no sample has: samples are clamped (``to_uint8``), real images never
+    leave [-1, 1], and digits and MNIST are mostly exactly -1, so a background at -1.3 told fakes
+    (the trained digits generator's raw outputs spanned -3.9 ... 2.2). A clamp with the gradient
+    passed straight through let the raw output drift far out of range (binary samples; steps
+    that no longer change the clamped pixels), and D still won on MNIST; with tanh it did not
+    (bench/stylegan.md)."""
+    return torch.tanh(images)
+
+
 def mix_styles(w_a: Tensor, w_b: Tensor, layer: int, num_ws: int) -> Tensor:
     """ws [B, num_ws, w_dim]: w_a for the layers before ``layer``, w_b from ``layer`` on."""
     ws = w_a.unsqueeze(1).repeat(1, num_ws, 1)
@@ -126,7 +139,7 @@ class StyleGAN(AdversarialModel):
         """Images in [-1, 1] (float32) for styles w [n, w_dim] (one per image) or ws [n, num_ws,
         w_dim] (one per layer, see ``mix_styles``); noise as ``model.sample_noise`` says."""
         ws = self.generator.broadcast(w.to(self.generator.synthesis.const.dtype))
-        return self.generator.synthesis(ws, self.sample_noise).float()
+        return in_data_range(self.generator.synthesis(ws, self.sample_noise)).float()
 
     def mix_styles(self, w_a: Tensor, w_b: Tensor, layer: int) -> Tensor:
         """ws that take w_a for layers 0..layer-1 and w_b from ``layer`` on (coarse layers
@@ -158,8 +171,10 @@ class StyleGAN(AdversarialModel):
         return self.generator.broadcast(w)
 
     def _fake(self, n: int, y: Optional[Tensor], keep_graph: bool) -> Tensor:
-        fake = self.generator.synthesis(self._ws(n))
-        return fake if keep_graph else fake.detach()
+        if keep_graph:
+            return in_data_range(self.generator.synthesis(self._ws(n)))
+        with torch.no_grad():  # D's step: no graph through G to build and throw away
+            return in_data_range(self.generator.synthesis(self._ws(n)))
 
     def _r1(self, real: Tensor) -> Optional[Tensor]:
         # in full precision: under fp16 autocast the input gradients can underflow
@@ -174,7 +189,7 @@ class StyleGAN(AdversarialModel):
             return None
         with torch.autocast(self.device.type, enabled=False):
             ws = self._ws(max(1, n // 2))
-            images = self.generator.synthesis(ws).float()
+            images = in_data_range(self.generator.synthesis(ws)).float()
             y = torch.randn_like(images) / (images.shape[2] * images.shape[3]) ** 0.5
             (grad,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
             lengths = grad.square().sum(2).mean(1).sqrt()
@@ -198,13 +213,14 @@ class StyleGAN(AdversarialModel):
         self.manual_backward(d_loss + r1 if r1 is not None else d_loss)
         self._uncounted_step(opt_d)
 
-        g_loss = self.g_loss_fn(self._discriminate(self.augment(self._fake(x.shape[0], None, True)), None))
-        g_terms = {"g_loss": g_loss}
-        pl = self._path_length(x.shape[0])
-        if pl is not None:
-            g_terms["pl"] = pl
-        self.check_finite(**g_terms)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss + pl if pl is not None else g_loss)
+        with self._frozen_discriminator():
+            g_loss = self.g_loss_fn(self._discriminate(self.augment(self._fake(x.shape[0], None, True)), None))
+            g_terms = {"g_loss": g_loss}
+            pl = self._path_length(x.shape[0])
+            if pl is not None:
+                g_terms["pl"] = pl
+            self.check_finite(**g_terms)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss + pl if pl is not None else g_loss)
         opt_g.step()
         self._log_train({**terms, **g_terms, "d_real": d_real.mean(), "d_fake": d_fake.mean()}, x.shape[0])

@@ -21,9 +21,9 @@ def _rand(x: Tensor, *shape: int) -> Tensor:
 
 
 def color(x: Tensor) -> Tensor:
-    """Random brightness (+-0.5 in [-1, 1] units: DiffAugment's +-0.5 on [0, 1] is +-1 here),
-    saturation (x0..x2) and contrast (x0.5..x1.5), per image."""
-    x = x + (_rand(x, 1, 1, 1) - 0.5) * 2.0
+    """Random brightness (a shift in [-0.5, 0.5), DiffAugment's own, which works on images in
+    [-1, 1] as genlab's GANs do), saturation (x0..x2) and contrast (x0.5..x1.5), per image."""
+    x = x + (_rand(x, 1, 1, 1) - 0.5)
     mean = x.mean(dim=1, keepdim=True)
     x = (x - mean) * (_rand(x, 1, 1, 1) * 2.0) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
