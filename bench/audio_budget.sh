@@ -13,7 +13,7 @@ watcher=$!
 OMP_NUM_THREADS=1 .venv/bin/python -m genlab.train experiment=${family}_fsdd \
   dataset.root=../shared/data/fsdd dataset.download=false hardware=cpu hardware.cpu_threads=1 logger=csv \
   callbacks.cpu_budget.minutes=20 trainer.max_epochs=100000 trainer.limit_train_batches=1.0 \
-  trainer.check_val_every_n_epoch=100000 callbacks.fid.num_samples=300 callbacks.fid.chunk_size=150 \
+  trainer.check_val_every_n_epoch=100000 \
   trainer.enable_progress_bar=false hydra.run.dir=$out "$@" > "$out.log" 2>&1
 echo "exit $?" >> "$out.log"
 kill $watcher

@@ -90,7 +90,7 @@ class WaveGlow(GenerativeModel):
         self.mel = LogMel(sample_rate, n_fft, hop_length, n_mels)
         # the log mel (about -11.5 in silence, up to +6) standardised per mel band by the first
         # training batch, then fixed: raw, it saturated most gates of the coupling networks at the start
-        self.mel_norm = ActNorm(n_mels)
+        self.mel_norm = ActNorm(n_mels, eps=0.01)  # eps: a band that never varies is not blown up
         self.mel_norm.requires_grad_(False)
         self.flow = WaveGlowFlow(groups, n_mels * groups, steps, hidden, layers, kernel_size, scale_bound,
                                  actnorm, invconv)
