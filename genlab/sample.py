@@ -95,8 +95,9 @@ def sample(cfg: DictConfig) -> Path:
         _check_classes(list(cfg.classes), model)
         sampler.classes = list(cfg.classes)
     labels = sampler.labels_for(model, cfg.n)
-    with seeded(cfg.seed):
-        images = sampler.sample(model, cfg.n, labels).cpu()
+    with seeded(cfg.seed):  # labels: those asked, or those the samples are meant to be of (Sampler.labelled)
+        images, labels = sampler.sample_series(model, 0, cfg.n, labels)
+        images = images.cpu()
 
     output_dir.mkdir(parents=True, exist_ok=True)
     written = modality.save(images, output_dir / "samples", nrow=cfg.nrow)

@@ -22,7 +22,7 @@ from genlab.callbacks.fid import FIDCallback
 from genlab.callbacks.samples import SampleGrid
 from genlab.config import instantiate
 from genlab.data import FSDDDataModule
-from genlab.data.fsdd import center_fit
+from genlab.data.fsdd import center_fit, start_fit
 from genlab.errors import ConfigError, DataError
 from genlab.modalities.audio import mu_law_decode, mu_law_encode
 from genlab.models.autoregressive import AutoregressiveModel
@@ -101,6 +101,46 @@ def test_center_fit_crops_and_pads_about_the_centre():
     assert center_fit(np.arange(1.0, 4.0), 6).tolist() == [0, 1, 2, 3, 0, 0]
 
 
+def test_start_fit_keeps_the_start_and_pads_the_end():
+    assert start_fit(np.arange(10.0), 4).tolist() == [0, 1, 2, 3]
+    assert start_fit(np.arange(1.0, 4.0), 6).tolist() == [1, 2, 3, 0, 0, 0]
+
+
+def test_every_clip_starts_with_its_word_by_default(fsdd):
+    """The recordings are trimmed of silence: with the default ``align: start`` no clip opens with
+    silence, so a causal model knows where a word begins (the centre rule opened most clips with
+    up to half a clip of padding, a point a WaveNet of a shorter receptive field cannot locate)."""
+    def silent_openings(data):
+        x = data.split_dataset("train").images[:, 0, :64].long() - 128
+        return float((x.abs() <= 1).all(1).double().mean())  # mu-law 127-129: silence
+
+    assert fsdd.align == "start" and silent_openings(fsdd) == 0.0
+    centred = FSDDDataModule(root=str(FSDD), length=LENGTH * 4, align="center", download=False)
+    centred.setup()
+    assert silent_openings(centred) > 0.5
+
+
+def test_a_lower_sample_rate_resamples_without_aliasing(tmp_path):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    t = np.arange(4000) / 8000
+    for i, hz in enumerate((500, 3000, 500, 3000)):  # below and above the Nyquist frequency of 4 kHz
+        wavfile.write(folder / f"{i}_ann_{i + 5}.wav", 8000, (np.sin(2 * np.pi * hz * t) * 16000).astype(np.int16))
+    data = FSDDDataModule(root=str(tmp_path), length=1024, sample_rate=4000, val_fraction=0.25, download=False)
+    data.setup()
+    assert data.data_shape == (1, 1024) and data.modality.sample_rate == 4000
+    assert data.identity()["sample_rate"] == 4000  # a classifier trained at 8 kHz is not reused
+    clips = {int(y): mu_law_decode(x) for split in ("train", "val") for x, y in data.split_dataset(split)}
+    low, high = clips[0][0, 100:900], clips[1][0, 100:900]
+    assert low.abs().max() > 0.4  # 500 Hz passes, 8 samples a period at 4 kHz
+    assert torch.allclose(low[8:], low[:-8], atol=0.02)
+    assert high.abs().max() < 0.05  # 3 kHz is above 2 kHz: filtered out, not folded to 1 kHz
+    with pytest.raises(DataError, match=r"dataset.sample_rate=3000.*divides it"):
+        FSDDDataModule(root=str(tmp_path), sample_rate=3000, download=False).check()
+    with pytest.raises(DataError, match=r"dataset.align='end'"):
+        FSDDDataModule(root=str(tmp_path), align="end", download=False).check()
+
+
 def test_a_broken_or_foreign_wav_is_named(tmp_path):
     folder = tmp_path / "recordings"
     folder.mkdir()
@@ -169,6 +209,28 @@ def test_spoken_digit_fid_and_class_accuracy_tell_real_clips_from_noise(fsdd, ca
     assert real["val/recall_classifier"] > noise["val/recall_classifier"]  # the clips cover some of the data, noise none
     with pytest.raises(ConfigError, match="extractor=inception cannot measure the audio data.*extractor=classifier"):
         FIDCallback(extractor="inception").check(fsdd)
+
+
+def test_class_accuracy_of_a_vocoder_is_against_the_label_of_each_clip_it_resynthesises(fsdd, cache_dir):
+    """A vocoder is not conditional on a class, but each clip it draws re-synthesises a labelled
+    held-out clip: class_acc compares the classifier with that clip's digit, chunk after chunk."""
+    from genlab.models.waveglow import WaveGlow
+    from genlab.samplers.vocoder import VocoderSampler
+
+    test = fsdd.split_dataset("test")
+    pick = torch.arange(100) * 3  # 100 test clips, every digit
+    model = WaveGlow([1, LENGTH], num_classes=10, n_mels=8, n_fft=64, hop_length=16, groups=4, steps=1, hidden=4, layers=1,
+                     references=100).eval()
+    model.references.copy_(test.images[pick])
+    model.reference_labels.copy_(test.labels[pick])
+    model.references_filled.fill_(True)
+    model.vocode = lambda clips, temperature: clips  # a perfect vocoder: the clip itself
+    model.sampler = VocoderSampler()
+    callback = FIDCallback(extractor="classifier", num_samples=100, chunk_size=50, cache_dir=str(cache_dir), prc=False)
+    assert callback.metric_names(model) == ["val/fid_classifier", "val/class_acc_classifier"]
+    assert callback.compute(model, model.sampler, fsdd, "val")["val/class_acc_classifier"] > 0.8
+    model.reference_labels.copy_((test.labels[pick] + 1) % 10)  # the same clips said to be other digits
+    assert callback.compute(model, model.sampler, fsdd, "val")["val/class_acc_classifier"] < 0.2
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def _train(family: str, out, *extra: str) -> dict:
     if family == "waveglow":  # never under the name of -log2 p(x)
         assert "test/bpd" not in final and "bpd_given_mel" in metrics["not_applicable"]["bpd"]
     rate, pcm = wavfile.read(out / "samples" / "epoch000-step000003-002.wav")
-    assert rate == 8000 and pcm.dtype == np.int16 and pcm.shape == (1024,)
+    assert rate == cfg.dataset.sample_rate and pcm.dtype == np.int16 and pcm.shape == (1024,)
     assert (out / "samples" / "epoch000-step000003.png").is_file()
     return final
 

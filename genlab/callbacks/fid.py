@@ -45,9 +45,10 @@ class FIDCallback(pl.Callback):
     """Logs ``val/fid_<extractor>`` after validation epochs and ``test/fid_<extractor>`` after
     testing, with ``precision_<extractor>`` and ``recall_<extractor>`` (``prc``; improved
     precision and recall, Kynkaanniemi et al., 2019, on the same features), and ``kid_<extractor>``
-    and ``isc_<extractor>`` when asked. For a conditional model measured with genlab's classifier,
-    also ``class_acc_classifier``: the share of samples the classifier assigns to the class they
-    were drawn for. The data's modality chooses which extractors fit (``callbacks.fid.extractor``).
+    and ``isc_<extractor>`` when asked. Measured with genlab's classifier, where the sampler says
+    which class each sample is meant to be of (``Sampler.labelled``: the label asked of a
+    conditional model, the label of the clip a vocoder re-synthesises), also
+    ``class_acc_classifier``: the share of samples the classifier assigns to that class. The data's modality chooses which extractors fit (``callbacks.fid.extractor``).
 
     ``num_samples`` generated samples are compared with the first ``num_samples`` items of the
     reference split: ``split`` when set (e.g. ``train``, the StyleGAN / StudioGAN convention, for
@@ -110,7 +111,9 @@ class FIDCallback(pl.Callback):
     def metric_names(self, model: Any) -> list[str]:
         """The validation metrics this callback logs (for checking ``objective`` up front)."""
         kinds = ["fid"] + ["precision", "recall"] * self.prc + ["kid"] * self.kid + ["isc"] * self.isc
-        kinds += ["class_acc"] * (self.extractor_name == "classifier" and bool(getattr(model, "conditional", False)))
+        sampler = getattr(model, "sampler", None)
+        labelled = sampler.labelled(model) if sampler is not None else bool(getattr(model, "conditional", False))
+        kinds += ["class_acc"] * (self.extractor_name == "classifier" and labelled)
         return [f"val/{kind}_{self.extractor_name}" for kind in kinds]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -162,19 +165,30 @@ class FIDCallback(pl.Callback):
         )
         shape = tuple(int(s) for s in datamodule.data_shape)
         conditional = model.conditional
+        # a genlab Sampler says which class each sample is meant to be of; a bare object with only
+        # sample(model, n, labels) draws for the labels asked of a conditional model
+        series = getattr(sampler, "sample_series", None)
+        if series is None:
+            def series(model: Any, lo: int, hi: int, labels: Optional[Tensor] = None) -> tuple:
+                return sampler.sample(model, hi - lo, labels=labels), labels
+        labelled = bool(extractor.class_layer) and (sampler.labelled(model) if hasattr(sampler, "labelled")
+                                                    else conditional)
 
         def sample_features(lo: int, hi: int) -> Tensor:
             # labels depend only on the positions, so they do not depend on the number of ranks
             labels = None
             if conditional:
                 labels = torch.arange(lo, hi, device=model.device) % model.num_classes
-            images = sampler.sample(model, hi - lo, labels=labels)
+            images, targets = series(model, lo, hi, labels=labels)
             if images.dtype != torch.uint8 or tuple(images.shape) != (hi - lo, *shape):
                 raise GenlabError(
                     f"{type(sampler).__name__} returned {images.dtype} {tuple(images.shape)}; FID "
                     f"needs uint8 data of shape {(hi - lo, *shape)} (the dataset's)."
                 )
-            return torch.cat(list(extractor.extract(images).values()), dim=1)  # FID layer, then IS or classes
+            features = list(extractor.extract(images).values())  # FID layer, then IS or classes
+            if labelled:  # the class each sample is meant to be of, as a last column
+                features.append(targets.to(features[0])[:, None])
+            return torch.cat(features, dim=1)
 
         was_training = model.training
         model.eval()
@@ -185,6 +199,8 @@ class FIDCallback(pl.Callback):
             model.train(was_training)
 
         fid_dim = reference["mu"].shape[0]
+        if labelled:
+            gathered, targets = gathered[:, :-1], gathered[:, -1].long()
         features = gathered[:, :fid_dim]
         name = extractor.name
         values = {
@@ -202,9 +218,8 @@ class FIDCallback(pl.Callback):
             values[f"{split}/kid_{name}"] = kernel_distance(features, ref_features, self.seed)
         if extractor.isc_layer:
             values[f"{split}/isc_{name}"] = inception_score(gathered[:, fid_dim:], self.seed)
-        if extractor.class_layer and conditional:
-            asked = torch.arange(len(gathered)) % model.num_classes  # the labels sample_features drew with
-            values[f"{split}/class_acc_{name}"] = float((gathered[:, fid_dim:].argmax(1) == asked).double().mean())
+        if labelled:  # the share the classifier assigns to the class asked of (or meant by) each sample
+            values[f"{split}/class_acc_{name}"] = float((gathered[:, fid_dim:].argmax(1) == targets).double().mean())
         log.info(
             "%s (%d samples vs %d %s images, %s; noise floor: %d real %s images score %.4f) in %.1fs",
             ", ".join(f"{k}={v:.4f}" for k, v in values.items()), self.num_samples, reference["n"], ref_split,

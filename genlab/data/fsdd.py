@@ -5,10 +5,14 @@ Files are read from ``<root>/recordings/*.wav`` or, without extracting it, from 
 ``<root>/recordings.tar.gz`` (either the project's copy or the upstream release archive, which
 ``download: true`` fetches when neither is there). WAV files are read with scipy.io.wavfile.
 
-Every clip becomes ``length`` samples: a longer clip keeps its central ``length`` samples, a
-shorter one is centred and padded with silence on both sides (one sample more on the right when
-the padding is odd). The waveform is then mu-law companded to ``vocab_size`` levels (256:
-8 bits, as WaveNet). Splits follow upstream: recordings with index 0-4 are the test split
+Every clip is first resampled to ``sample_rate`` (8,000 Hz as recorded, or a divisor of it such
+as 4,000: scipy's polyphase resampler, which low-passes before it decimates), then becomes
+``length`` samples by the ``align`` rule: ``start`` (the default) keeps the first ``length``
+samples and pads a shorter clip with silence at the end, so that every clip starts where its word
+starts (the recordings are trimmed of silence); ``center`` keeps the central ``length`` samples
+of a longer clip and centres a shorter one in silence (one sample more on the right when the
+padding is odd). The waveform is then mu-law companded to ``vocab_size`` levels (256: 8 bits,
+as WaveNet). Splits follow upstream: recordings with index 0-4 are the test split
 (300: 5 per digit and speaker), the others (2,700) are cut into train and val by
 ``val_fraction`` and ``seed``.
 """
@@ -28,6 +32,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from scipy.io import wavfile
+from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
 from genlab.data.base import DataModule, TensorData, check_stated_shape, refuse_dangling_link
@@ -37,6 +42,7 @@ from genlab.modalities.audio import AudioModality, mu_law_encode
 SAMPLE_RATE = 8000
 TEST_INDICES = range(5)  # the upstream convention: recordings 0-4 of each digit and speaker
 LABELS = ("digit", "speaker")
+ALIGNS = ("start", "center")
 ARCHIVE = "recordings.tar.gz"
 UPSTREAM_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -51,6 +57,14 @@ def center_fit(wave: np.ndarray, length: int) -> np.ndarray:
         return wave[start : start + length]
     left = (length - n) // 2
     return np.pad(wave, (left, length - n - left))
+
+
+def start_fit(wave: np.ndarray, length: int) -> np.ndarray:
+    """The first ``length`` samples of a longer clip; a shorter one padded with silence at the end."""
+    return wave[:length] if len(wave) >= length else np.pad(wave, (0, length - len(wave)))
+
+
+FITS = {"start": start_fit, "center": center_fit}
 
 
 def to_float(rate: int, data: np.ndarray, name: str, path: Path) -> np.ndarray:
@@ -77,6 +91,8 @@ class FSDDDataModule(DataModule):
         name: str = "fsdd",
         root: Optional[str] = None,
         length: int = 4096,
+        sample_rate: int = SAMPLE_RATE,
+        align: str = "start",
         label: str = "digit",
         num_classes: int = 10,
         download: bool = True,
@@ -84,12 +100,15 @@ class FSDDDataModule(DataModule):
         vocab_size: int = 256,
         **kwargs: Any,
     ) -> None:
-        """length: samples per clip (the crop/pad rule in the module's docstring). label: ``digit``
+        """length: samples per clip, at ``sample_rate`` Hz (8,000 or a divisor of it); align: ``start``
+        or ``center``, the crop/pad rule (the module's docstring). label: ``digit``
         (10 classes) or ``speaker`` (6, sorted by name). download: fetch the upstream archive when
         ``root`` holds neither recordings/ nor recordings.tar.gz. data_shape: what the config states
         for the models (checked: [1, length]). vocab_size: mu-law levels. The rest is DataModule's."""
         super().__init__(name=name, root=root, num_classes=num_classes, **kwargs)
         self.length = length
+        self.sample_rate = sample_rate
+        self.align = align
         self.label = label
         self.download = download
         self.stated_shape = data_shape
@@ -103,13 +122,19 @@ class FSDDDataModule(DataModule):
 
     @property
     def modality(self) -> AudioModality:
-        return AudioModality(self.data_shape, self.vocab_size, SAMPLE_RATE)
+        return AudioModality(self.data_shape, self.vocab_size, self.sample_rate)
 
     # ------------------------------------------------------------------ checks
 
     def _check_config(self) -> None:
         if not isinstance(self.length, int) or isinstance(self.length, bool) or self.length < 16:
             raise DataError(f"dataset.length={self.length!r} must be an integer >= 16 (samples per clip at 8 kHz).")
+        rate = self.sample_rate
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 0 < rate <= SAMPLE_RATE or SAMPLE_RATE % rate:
+            raise DataError(f"dataset.sample_rate={rate!r}: FSDD is recorded at {SAMPLE_RATE} Hz; use {SAMPLE_RATE} "
+                            f"or a rate that divides it (e.g. 4000).")
+        if self.align not in ALIGNS:
+            raise DataError(f"dataset.align={self.align!r}: use one of {list(ALIGNS)} (where a clip is cut or padded).")
         if self.label not in LABELS:
             raise DataError(f"dataset.label={self.label!r}: use one of {list(LABELS)}.")
         if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or not 2 <= self.vocab_size <= 65536:
@@ -229,7 +254,10 @@ class FSDDDataModule(DataModule):
         for name, data in sorted(self._members(read=True)):
             match = NAME.fullmatch(name)
             assert match is not None and data is not None
-            clips.append(center_fit(self._read(name, data), self.length))
+            wave = self._read(name, data)
+            if self.sample_rate != SAMPLE_RATE:
+                wave = resample_poly(wave, 1, SAMPLE_RATE // self.sample_rate).astype(np.float32)
+            clips.append(FITS[self.align](wave, self.length))
             labels.append(label_of(match))
             test.append(int(match.group(3)) in TEST_INDICES)
         x = mu_law_encode(torch.from_numpy(np.stack(clips)), self.vocab_size).unsqueeze(1)
@@ -241,4 +269,5 @@ class FSDDDataModule(DataModule):
                 "test": data.subset(torch.nonzero(is_test).flatten())}
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "length": self.length, "label": self.label, "vocab_size": self.vocab_size}
+        return {**super().identity(), "length": self.length, "sample_rate": self.sample_rate,
+                "align": self.align, "label": self.label, "vocab_size": self.vocab_size}

@@ -33,6 +33,7 @@ from genlab.checks import require_positive
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModel
 from genlab.modalities.audio import mu_law_decode
+from genlab.nets.flows import ActNorm
 from genlab.nets.waveglow import LogMel, WaveGlowFlow, squeeze_audio, standard_normal_log_prob, unsqueeze_audio
 
 LOG2 = math.log(2.0)
@@ -87,6 +88,10 @@ class WaveGlow(GenerativeModel):
             raise ConfigError(f"model.kernel_size={kernel_size} must be odd (the coupling networks are centred)")
         self.groups = int(groups)
         self.mel = LogMel(sample_rate, n_fft, hop_length, n_mels)
+        # the log mel (about -11.5 in silence, up to +6) standardised per mel band by the first
+        # training batch, then fixed: raw, it saturated most gates of the coupling networks at the start
+        self.mel_norm = ActNorm(n_mels, eps=0.01)  # eps: a band that never varies is not blown up
+        self.mel_norm.requires_grad_(False)
         self.flow = WaveGlowFlow(groups, n_mels * groups, steps, hidden, layers, kernel_size, scale_bound,
                                  actnorm, invconv)
         # held-out clips to vocode from, saved with the weights (filled at the start of training)
@@ -96,10 +101,12 @@ class WaveGlow(GenerativeModel):
 
     # ----- conditioning -------------------------------------------------------------------
     def condition(self, x: Tensor) -> Tensor:
-        """The log mel-spectrogram of the quantized clips x [B, 1, T], upsampled to one frame per
+        """The log mel-spectrogram of the quantized clips x [B, 1, T], standardised per band (the
+        first training batch sets the scale: ``mel_norm``), upsampled to one frame per
         sample and squeezed like the audio: [B, n_mels * groups, T / groups]."""
-        mel = self.mel(mu_law_decode(x[:, 0], self.vocab_size))
-        up = F.interpolate(mel, size=x.shape[-1], mode="linear", align_corners=False)
+        mel = self.mel_norm(self.mel(mu_law_decode(x[:, 0], self.vocab_size))[..., None])[0][..., 0]
+        # frame k of a centred STFT is about sample k * hop: the first and last frames at the clip's ends
+        up = F.interpolate(mel, size=x.shape[-1], mode="linear", align_corners=True)
         return squeeze_audio(up, self.groups)[..., 0].to(self.dtype)
 
     # ----- likelihood ---------------------------------------------------------------------
@@ -143,14 +150,14 @@ class WaveGlow(GenerativeModel):
         return loss
 
     # ----- the primitives of genlab.samplers.vocoder --------------------------------------
-    def conditioning_clips(self, n: int) -> Tensor:
-        """n held-out clips (the stored references, cycled) whose mel-spectrograms to vocode; their
-        labels (digit or speaker) are ``reference_labels`` in the same order."""
+    def conditioning_clips(self, n: int, start: int = 0) -> tuple[Tensor, Tensor]:
+        """Held-out clips ``start`` .. ``start + n - 1`` (the stored references, cycled) whose
+        mel-spectrograms to vocode, and their labels (digit or speaker)."""
         if not bool(self.references_filled):
             raise ConfigError("this WaveGlow holds no reference clips to vocode: they are taken from the "
                               "validation split when training starts; sample from a trained checkpoint")
-        index = torch.arange(n, device=self.references.device) % self.references.shape[0]
-        return self.references[index]
+        index = torch.arange(start, start + n, device=self.references.device) % self.references.shape[0]
+        return self.references[index], self.reference_labels[index]
 
     @torch.no_grad()
     def vocode(self, clips: Tensor, temperature: float = 1.0) -> Tensor:

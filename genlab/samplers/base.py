@@ -54,6 +54,18 @@ class Sampler:
     def sample(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
 
+    def labelled(self, model: GenerativeModel) -> bool:
+        """Whether ``sample_series`` says which class each sample is meant to be of (what a class
+        accuracy of the samples needs): a conditional model's samples are of the labels asked."""
+        return bool(model.conditional)
+
+    @torch.no_grad()
+    def sample_series(self, model: GenerativeModel, start: int, stop: int,
+                      labels: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """Samples ``start`` .. ``stop`` - 1 of a numbered series (a metric draws it in chunks) and
+        the class each is meant to be of, or None (``labelled``): here the ``labels`` asked."""
+        return self.sample(model, stop - start, labels), (labels if self.labelled(model) else None)
+
     def grid(self, model: GenerativeModel, name: str, rows: int, options: Any) -> tuple[Tensor, int]:
         """One of ``grids``: (uint8 samples laid out row by row, samples per row). ``options`` is
         genlab-sample's config (its ``grid_*`` keys)."""

@@ -26,4 +26,16 @@ class VocoderSampler(Sampler):
 
     @torch.no_grad()
     def sample(self, model: GenerativeModel, n: int, labels: Optional[Tensor] = None) -> Tensor:
-        return model.vocode(model.conditioning_clips(n), self.temperature)
+        return self.sample_series(model, 0, n)[0]
+
+    def labelled(self, model: GenerativeModel) -> bool:
+        """A vocoded clip is meant to be of the class of the clip it re-synthesises."""
+        return model.num_classes > 0
+
+    @torch.no_grad()
+    def sample_series(self, model: GenerativeModel, start: int, stop: int,
+                      labels: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """Clips ``start`` .. ``stop`` - 1 of the model's conditioning clips (cycled), vocoded, and
+        their labels (the digit or speaker of the clip each re-synthesises)."""
+        clips, targets = model.conditioning_clips(stop - start, start)
+        return model.vocode(clips, self.temperature), (targets if self.labelled(model) else None)
