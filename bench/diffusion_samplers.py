@@ -21,6 +21,7 @@ from genlab.callbacks.fid import FIDCallback
 from genlab.modalities.image import save_grid
 from genlab.checkpoint import load_model, read_checkpoint
 from genlab.config import CONF_DIR, instantiate
+from genlab.samplers.base import Sampler
 from genlab.samplers.ddim import DDIMSampler
 from genlab.samplers.ddpm import DDPMSampler
 from genlab.samplers.dpm_solver import DPMSolverSampler
@@ -29,7 +30,7 @@ from genlab.utils import seeded
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class Timed:
+class Timed(Sampler):
     """Wraps a sampler and adds up the seconds spent in ``sample``."""
 
     def __init__(self, sampler) -> None:

@@ -15,9 +15,10 @@ import torch
 from genlab.callbacks.fid import FIDCallback
 from genlab.data import FSDDDataModule
 from genlab.metrics.fid import ensure_classifier
+from genlab.samplers.base import Sampler
 
 
-class Clips:
+class Clips(Sampler):
     """Real test clips of the asked digits, or uniform noise: what a perfect / a useless model draws."""
 
     def __init__(self, data, noise: bool) -> None:

@@ -20,6 +20,7 @@ from genlab.errors import ConfigError
 from genlab.metrics import fid
 from genlab.modalities.image import ImageModality
 from genlab.models.base import GenerativeModel
+from genlab.samplers.base import Sampler
 from genlab.utils import seeded
 
 
@@ -256,7 +257,7 @@ def test_inception_from_local_weights_file(dm, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- the callback
 
 
-class StandInSampler:
+class StandInSampler(Sampler):
     def __init__(self, images: torch.Tensor | None) -> None:
         self.images = images  # None: uniform noise
 
@@ -311,7 +312,7 @@ def test_callback_same_images_as_reference_give_zero(dm, fid_cache):
     """Generated = the val split itself, in order: FID against val is ~0."""
     val = dm.split_dataset("val").tensors[0]
 
-    class InOrder:
+    class InOrder(Sampler):
         def __init__(self):
             self.next = 0
 
@@ -333,7 +334,7 @@ def test_callback_same_images_as_reference_give_zero(dm, fid_cache):
     assert model.training  # the mode is restored after sampling
 
 
-class InOrder:
+class InOrder(Sampler):
     """Hands out the given images in order, chunk after chunk."""
 
     def __init__(self, images: torch.Tensor) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor
 from genlab.checks import require_positive
 from genlab.errors import ConfigError, GenlabError
 from genlab.metrics.distributed import map_chunks
+from genlab.samplers.base import Sampler
 from genlab.metrics.fid import (
     EXTRACTORS,
     FeatureExtractor,
@@ -144,7 +145,7 @@ class FIDCallback(pl.Callback):
             # every rank holds the same value (all features are gathered), so no sync is needed
             pl_module.log(name, value, prog_bar=True, rank_zero_only=False, sync_dist=False)
 
-    def compute(self, model: Any, sampler: Any, datamodule: Any, split: str) -> dict[str, float]:
+    def compute(self, model: Any, sampler: Sampler, datamodule: Any, split: str) -> dict[str, float]:
         """Sample ``num_samples`` images and measure them against ``split`` (or the callback's
         ``split`` when set); returns e.g. ``{"val/fid_classifier": 12.3}`` (named after the
         stage ``split``). Runs on every rank (collective under DDP)."""
@@ -165,21 +166,14 @@ class FIDCallback(pl.Callback):
         )
         shape = tuple(int(s) for s in datamodule.data_shape)
         conditional = model.conditional
-        # a genlab Sampler says which class each sample is meant to be of; a bare object with only
-        # sample(model, n, labels) draws for the labels asked of a conditional model
-        series = getattr(sampler, "sample_series", None)
-        if series is None:
-            def series(model: Any, lo: int, hi: int, labels: Optional[Tensor] = None) -> tuple:
-                return sampler.sample(model, hi - lo, labels=labels), labels
-        labelled = bool(extractor.class_layer) and (sampler.labelled(model) if hasattr(sampler, "labelled")
-                                                    else conditional)
+        labelled = bool(extractor.class_layer) and sampler.labelled(model)
 
         def sample_features(lo: int, hi: int) -> Tensor:
             # labels depend only on the positions, so they do not depend on the number of ranks
             labels = None
             if conditional:
                 labels = torch.arange(lo, hi, device=model.device) % model.num_classes
-            images, targets = series(model, lo, hi, labels=labels)
+            images, targets = sampler.sample_series(model, lo, hi, labels=labels)
             if images.dtype != torch.uint8 or tuple(images.shape) != (hi - lo, *shape):
                 raise GenlabError(
                     f"{type(sampler).__name__} returned {images.dtype} {tuple(images.shape)}; FID "
@@ -229,12 +223,12 @@ class FIDCallback(pl.Callback):
         return values
 
     @staticmethod
-    def _sampler(pl_module: pl.LightningModule) -> Any:
+    def _sampler(pl_module: pl.LightningModule) -> Sampler:
         sampler = getattr(pl_module, "sampler", None)
-        if sampler is None:
+        if not isinstance(sampler, Sampler):
             raise ConfigError(
-                f"FIDCallback needs the model's sampler: {type(pl_module).__name__} has no "
-                f"`sampler` attribute (genlab.train sets it from the `sampler` config group)."
+                f"FIDCallback needs the model's sampler, a genlab Sampler: {type(pl_module).__name__}"
+                f".sampler is {type(sampler).__name__} (genlab.train sets it from the `sampler` config group)."
             )
         return sampler
 
