@@ -91,7 +91,9 @@ class EMA(WeightAveraging):
         ``ema_update`` per device and dtype, then ``n_averaged`` counts it) with the pairs of
         tensors listed and grouped once per epoch, not at every step: walking the module tree and
         detaching two tensors per parameter cost more than the fused arithmetic itself. The lists
-        hold the parameter and buffer objects, so an in-place load or a ``.data`` swap is seen."""
+        hold the parameter and buffer objects, so an in-place load or a ``.data`` swap is seen; a
+        module that *replaces* a parameter or buffer object mid-epoch (``module.weight = Parameter(...)``)
+        is averaged into the old object until the next epoch lists them again."""
         average, target = self._average_model, self._target(pl_module)
         assert average is not None
         if self._groups is None:
