@@ -126,9 +126,12 @@ CASES: dict[str, Case] = {
     # 6.43, FID 7.5, confidence 0.63 / UNet ignoring t and class: 7.19, FID 40.6, confidence 0.48
     "ddpm_digits": Case("ddpm_digits", 20, Floor(fid=15.0, bpd=6.9, confidence=0.55)),
     # README's class-conditional variant with classifier-free guidance:
-    # 6.41, FID 8.0, accuracy 1.0 / UNet ignoring t and class: 7.23, FID 40.0, accuracy 0.088
-    "ddpm_digits_guided": Case("ddpm_digits", 20, Floor(fid=15.0, bpd=6.9, accuracy=0.8),
-                               extra=("model.conditional=true", "sampler.guidance_scale=2")),
+    # 6.41, FID 8.0, accuracy 1.0 / UNet ignoring t and class: 7.23, FID 40.0, accuracy 0.088.
+    # Its bits/dim are not measured here (half of this case's CPU time; ddpm_digits floors the
+    # same bound), so FID is its objective.
+    "ddpm_digits_guided": Case("ddpm_digits", 20, Floor(fid=15.0, accuracy=0.8),
+                               extra=("model.conditional=true", "sampler.guidance_scale=2", "callbacks.bpd=null",
+                                      "objective=val/fid_classifier")),
     # 5.13, FID 8.0, confidence 0.61, the same before and after; no defect to fix
     "flow_glow_digits": Case("flow_glow_digits", 30, Floor(fid=15.0, bpd=5.4, confidence=0.5)),
     # 5.93, FID 6.4, confidence 0.67 / NICE's per-channel scaling: 7.06, FID 80.5, confidence 0.29
