@@ -21,7 +21,6 @@ from torch import Tensor
 from genlab.checks import require_positive
 from genlab.errors import ConfigError, GenlabError
 from genlab.metrics.distributed import map_chunks
-from genlab.samplers.base import Sampler
 from genlab.metrics.fid import (
     EXTRACTORS,
     FeatureExtractor,
@@ -34,6 +33,7 @@ from genlab.metrics.fid import (
     reference_statistics,
     statistics,
 )
+from genlab.samplers.base import Sampler
 
 log = logging.getLogger(__name__)
 
