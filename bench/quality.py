@@ -105,12 +105,15 @@ class Case:
     epochs: int
     floor: Floor
     extra: tuple[str, ...] = ()  # further overrides (a documented variant of the experiment)
-    #: how the case is measured (``callbacks.*`` only): it trains the same model, so a case with
+    #: how the case is measured (FID, bits/dim, sample grids): it trains the same model, so a case with
     #: only these still floors the experiment as shipped
     measure: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        assert all(o.startswith("callbacks.") for o in self.measure), self.measure
+        # what is measured and how, never the training or the weights scored (EMA, checkpoints)
+        if not all(o.startswith(("callbacks.fid.", "callbacks.bpd.", "callbacks.samples")) for o in self.measure):
+            raise ValueError(f"Case.measure takes callbacks.fid.*, callbacks.bpd.* and callbacks.samples* "
+                             f"overrides only, got {list(self.measure)}")
 
     @property
     def overrides(self) -> tuple[str, ...]:

@@ -66,7 +66,7 @@ class Job:
     #: one row per training epoch, validation and test: {"step": ..., "epoch": ..., metric: value}
     history: list[dict[str, float]] = field(default_factory=list)
     #: the earlier runs a multi-stage model is built on (metrics.json's ``stands_on``): stage ->
-    #: {"run_dir", "vqvae_ckpt" or "ckpt", "sha256", ...}
+    #: {"run_dir", "ckpt", "sha256", ...} (``GenerativeModel.stands_on``)
     stands_on: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -346,7 +346,7 @@ def _cell(job: Job, values: dict[str, float], metric: str) -> Optional[float | s
     return "n/a" if _not_applicable(job, metric) else None
 
 
-_PATH_FIELDS = ("run_dir", "ckpt", "vqvae_ckpt")
+_PATH_FIELDS = ("run_dir", "ckpt")
 
 
 def _checked_record(stage: str, record: dict[str, Any], problems: list[str]) -> dict[str, Any]:
@@ -354,8 +354,10 @@ def _checked_record(stage: str, record: dict[str, Any], problems: list[str]) -> 
     checked: a field that is neither is dropped, and said in ``problems`` (metrics.json is a file
     people open: data, never trusted to be well formed)."""
     checked = dict(record)
+    if "ckpt" not in checked and "vqvae_ckpt" in checked:  # the name genlab wrote until 2026-12-06
+        checked["ckpt"] = checked.pop("vqvae_ckpt")
     for key in (*_PATH_FIELDS, "sha256"):
-        value = record.get(key)
+        value = checked.get(key)
         if value is None:
             continue
         ok = (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None if key == "sha256"
@@ -365,11 +367,6 @@ def _checked_record(stage: str, record: dict[str, Any], problems: list[str]) -> 
             problems.append(f"metrics.json's stands_on.{stage}.{key} is not "
                             + ("a SHA-256 (64 hex digits)" if key == "sha256" else "a path") + ": ignored")
     return checked
-
-
-def _checkpoint_of(record: dict[str, Any]) -> Optional[str]:
-    path = record.get("ckpt", record.get("vqvae_ckpt"))
-    return path if isinstance(path, str) else None
 
 
 #: SHA-256 of the checkpoints traced, by (path, device, inode, size, mtime): a checkpoint many
@@ -415,7 +412,7 @@ def _moved_run_dir(recorded: str, here: Path) -> Optional[Path]:
 
 
 def _stage_trace(stage: str, record: dict[str, Any], here: Optional[Path], by_dir: dict[str, str]) -> str:
-    run_dir, ckpt, sha = record.get("run_dir"), _checkpoint_of(record), record.get("sha256")
+    run_dir, ckpt, sha = record.get("run_dir"), record.get("ckpt"), record.get("sha256")
     found = Path(run_dir) if run_dir is not None else None
     moved = None
     if found is not None and not found.exists() and found.is_absolute() and here is not None:
@@ -480,7 +477,7 @@ def table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[
     for job in jobs:
         cells = [_cell(job, job.final if kind == "final" else job.best, m) for m, kind in columns]
         rows.append([job.name, *(job.overrides.get(key) for key in keys), job.status, job.objective_value,
-                     *cells, *[trace(job, jobs) or None] * staged, job.error])
+                     *cells, *([trace(job, jobs) or None] if staged else []), job.error])
     return header, rows
 
 

@@ -98,16 +98,12 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-#: the files whose slow tests are the longest (bench/RESULTS.md, "make test"): they start first
+#: the files holding the longest tests (bench/RESULTS.md, "make test"): they start first
 LONGEST_FIRST = ("test_resume.py", "test_quality.py", "test_cluster.py", "test_lock.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    # The long end-to-end runs first, the longest of them at the very front: xdist's workers
-    # then end on short tests together, instead of one waiting while the other finishes a
-    # minute-long run (the order is stable otherwise).
-    def start(item) -> tuple[bool, bool]:
-        slow = item.get_closest_marker("slow") is not None
-        return not slow, not (slow and item.path.name in LONGEST_FIRST)
-
-    items.sort(key=start)
+    # The files with minute-long runs first, so that xdist's workers end on short tests together
+    # instead of one waiting while the other finishes such a run. Each file stays whole and in
+    # its own order: a module-scoped fixture is built once per worker, not once per half.
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)

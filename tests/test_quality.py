@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.quality import CASES, IndependentClassifier, datamodule_of, failures, score_experiment
+from bench.quality import CASES, Case, Floor, IndependentClassifier, datamodule_of, failures, score_experiment
 
 DIGITS_EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*_digits.yaml"))
 
@@ -44,6 +44,15 @@ def test_every_digits_experiment_has_a_floor_or_says_why_not():
     assert not with_floor & set(WITHOUT_A_FLOOR)
     assert sorted(with_floor | set(WITHOUT_A_FLOOR)) == DIGITS_EXPERIMENTS
     assert {case.experiment for case in CASES.values()} <= set(DIGITS_EXPERIMENTS)
+
+
+def test_a_case_changes_only_how_it_is_measured_unless_it_says_it_is_a_variant():
+    """``Case.measure`` keeps a case the experiment as shipped, so it may not touch what is
+    trained or which weights are scored (the EMA average in last.ckpt)."""
+    Case("vae_digits", 1, Floor(fid=1.0), measure=("callbacks.fid.num_samples=500", "callbacks.bpd.max_examples=9"))
+    for override in ("callbacks.ema=null", "callbacks.ema.decay=0.5", "callbacks.cpu_budget.minutes=1", "trainer.max_epochs=2"):
+        with pytest.raises(ValueError, match="Case.measure takes"):
+            Case("vae_digits", 1, Floor(fid=1.0), measure=(override,))
 
 
 def test_the_independent_classifier_knows_digits_from_noise(classifier):

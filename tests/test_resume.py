@@ -151,7 +151,7 @@ def test_kill_9_at_many_moments_then_rerun_resumes_exactly(whole, tmp_path):
         ("during the test", lambda w: w.printed("Loaded model weights from the checkpoint")),
         ("after the test, before the run is marked completed", lambda w: lambda: "test/bpd" in metrics_final(run)),
     ]
-    resumed_from = []
+    resumed_from, checked_validation_end = [], False
     for what, moment in moments:
         watched = Watched(run)
         watched.kill_when(moment(watched), what)
@@ -163,6 +163,7 @@ def test_kill_9_at_many_moments_then_rerun_resumes_exactly(whole, tmp_path):
             # resumes from it, and the final result below must still equal the uninterrupted run's
             checkpoint = read_checkpoint(run / "checkpoints" / "last.ckpt")
             assert checkpoint["global_step"] == 46 and "val/bpd" in checkpoint["genlab"]["metrics"]["final"]
+            checked_validation_end = True
         metrics = run / "metrics.json"  # written from the first epoch's end on
         assert not metrics.exists() or json.loads(metrics.read_text())["status"] != "completed", what
         # one last.ckpt, no -vN copy, at most the killed save's temporary file besides
@@ -175,6 +176,7 @@ def test_kill_9_at_many_moments_then_rerun_resumes_exactly(whole, tmp_path):
     assert checkpoint_files(run) == checkpoint_files(whole)  # last.ckpt, one best-*, no temporary file
     assert len(checkpoint_files(run)) == 2
     assert all(resumed_from[1:]), resumed_from  # every attempt after the first resumed
+    assert checked_validation_end
 
 
 @pytest.mark.slow

@@ -229,6 +229,7 @@ def test_report_traces_a_stage_outside_the_report_and_says_a_damaged_record(tmp_
     """(The trace to a stage-1 job of the same report: tests/test_vqvae.py, on real runs.)"""
     root = tmp_path / "sweep"
     ckpt = tmp_path / "elsewhere" / "checkpoints" / "last.ckpt"
+    # the checkpoint's key as genlab wrote it until 2026-12-06 ("vqvae_ckpt", now "ckpt") is still read
     record = {"vqvae_ckpt": str(ckpt), "run_dir": str(ckpt.parent.parent), "sha256": "ab" * 32}
     make_job(root, "0", ["seed=0"], metrics={**completed([3.0]), "stands_on": {"stage1": record}})
     make_job(root, "1", ["seed=1"], metrics={**completed([3.1]), "stands_on": ["not", "a", "record"]})
@@ -248,8 +249,8 @@ def test_report_names_a_damaged_stands_on_field_and_never_waits_on_a_file_that_i
     fifo = tmp_path / "fifo.ckpt"
     os.mkfifo(fifo)
     records = {
-        "0": {"vqvae_ckpt": str(tmp_path / "x.ckpt"), "run_dir": "/a\0b", "sha256": "not hex"},
-        "1": {"vqvae_ckpt": str(fifo), "run_dir": str(tmp_path), "sha256": "ab" * 32},
+        "0": {"ckpt": str(tmp_path / "x.ckpt"), "run_dir": "/a\0b", "sha256": "not hex"},
+        "1": {"ckpt": str(fifo), "run_dir": str(tmp_path), "sha256": "ab" * 32},
         "2": {"ckpt": "/proc/self/status", "run_dir": "/proc/self", "sha256": "ab" * 32},  # says size 0
         "3": {"ckpt": 7, "run_dir": ["x"]},
     }
@@ -280,7 +281,7 @@ def test_report_follows_a_copied_output_tree_and_hashes_a_shared_checkpoint_once
     ckpt = vq / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(os.urandom(3000))
-    record = {"vqvae_ckpt": str(ckpt), "run_dir": str(vq), "sha256": file_sha256(ckpt)}
+    record = {"ckpt": str(ckpt), "run_dir": str(vq), "sha256": file_sha256(ckpt)}
     for i in range(5):
         make_job(old, f"prior{i}", [f"seed={i + 1}"], metrics={**completed([2.0]), "stands_on": {"stage1": record}})
     new = tmp_path / "laptop" / "sweep"

@@ -199,7 +199,7 @@ def test_both_stages_train_on_digits_are_scored_and_sample_and_the_prior_records
     metrics = json.loads((stage2 / "metrics.json").read_text())
     recorded = metrics["stands_on"]["stage1"]
     assert recorded["run_dir"] == str(stage1.resolve())
-    assert recorded["vqvae_ckpt"] == str(ckpt.resolve())
+    assert recorded["ckpt"] == str(ckpt.resolve())
     # the learned prior's bound is below stage 1's uniform-prior bound (the same decoder term)
     assert metrics["final"]["test/bpd"] < first["test/bpd"]
     assert np.isfinite(metrics["final"]["test/fid_classifier"])

@@ -128,7 +128,7 @@ class FSDDDataModule(DataModule):
 
     def _check_config(self) -> None:
         if not isinstance(self.length, int) or isinstance(self.length, bool) or self.length < 16:
-            raise DataError(f"dataset.length={self.length!r} must be an integer >= 16 (samples per clip at 8 kHz).")
+            raise DataError(f"dataset.length={self.length!r} must be an integer >= 16 (samples per clip at dataset.sample_rate).")
         rate = self.sample_rate
         if not isinstance(rate, int) or isinstance(rate, bool) or not 0 < rate <= SAMPLE_RATE or SAMPLE_RATE % rate:
             raise DataError(f"dataset.sample_rate={rate!r}: FSDD is recorded at {SAMPLE_RATE} Hz; use {SAMPLE_RATE} "

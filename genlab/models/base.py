@@ -152,7 +152,9 @@ class GenerativeModel(pl.LightningModule):
 
     def stands_on(self) -> dict[str, Any]:
         """The earlier runs this model is built on (a second stage names its first), recorded
-        in the run's metrics.json and checkpoints so that a report can trace them."""
+        in the run's metrics.json and checkpoints so that a report can trace them: stage name ->
+        {"ckpt": the checkpoint's path, "run_dir": its run directory, "sha256": the checkpoint's,
+        and anything else worth recording}."""
         return {}
 
     def check_trainer(self, trainer_cfg: Any) -> None:

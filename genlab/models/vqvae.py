@@ -194,7 +194,7 @@ class VQVAEPrior(GenerativeModel):
                 f"stage-1 data (dataset={their_data}) or name a VQ-VAE trained on dataset={dataset}")
         vqvae = load_model(checkpoint, OmegaConf.create(model_cfg), f"{key}={path}")
         record = {
-            "vqvae_ckpt": str(path),
+            "ckpt": str(path),
             "run_dir": str(path.parent.parent) if path.parent.name == "checkpoints" else str(path.parent),
             "sha256": file_sha256(path),
             "dataset": their_data,

@@ -8,7 +8,6 @@ import math
 from torch import Tensor, nn
 
 
-
 def conv_body(
     conv: type[nn.Module], pool: type[nn.Module], global_pool: type[nn.Module], c_in: int, stages: int,
     width: int, feature_dim: int,
